@@ -1,0 +1,539 @@
+"""AutoWU: automated LR warmup and decay as an Optax transformation."""
+
+import math
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_autolr.adamp import adamp as _adamp
+from optax_autolr import gp
+from optax_autolr import window as window_lib
+
+WARMUP = 0
+DECAY = 1
+
+# Why warmup ended (``AutoWUState.switch_reason``).
+NOT_SWITCHED = 0
+CONFIDENT_MINIMUM = 1
+DIVERGED = 2
+NON_FINITE = 3
+MAX_WARMUP = 4
+
+SWITCH_REASONS = {
+    NOT_SWITCHED: 'not switched',
+    CONFIDENT_MINIMUM: 'confident minimum',
+    DIVERGED: 'divergence guard',
+    NON_FINITE: 'non-finite loss',
+    MAX_WARMUP: 'max warmup reached',
+}
+
+# The minimum test and the divergence guard need a few losses first.
+_MIN_LOSSES_FOR_TEST = 8
+# Decay of the loss EMA the divergence guard compares (about 10 steps).
+_GUARD_EMA_DECAY = 0.9
+
+
+class AutoWUState(NamedTuple):
+  """State of :func:`autowu`; every leaf has a fixed shape and dtype.
+
+  Attributes:
+    count: int32, number of updates done so far (the step ``t``).
+    phase: int32, ``WARMUP`` (0) or ``DECAY`` (1); never goes back to 0.
+    lr: float32, the learning rate applied at the last update.
+    window: the :class:`~optax_autolr.window.LossWindow` of warmup losses;
+      frozen at the switch.
+    positives: int32, consecutive positive minimum tests.
+    probability: float32, past-minimum probability of the last test.
+    argmin: float32, position in ``[0, 1]`` of the last test's minimum.
+    switch_step: int32, step of the switch (``-1`` before it).
+    restart_lr: float32, the LR the decay starts from (0 before the switch).
+    switch_reason: int32, one of the keys of ``SWITCH_REASONS``.
+    loss_ema: float32, short EMA of the finite warmup losses (not bias
+      corrected; see ``window`` for the count).
+    ema_min: float32, smallest bias-corrected ``loss_ema`` so far.
+  """
+
+  count: jax.Array
+  phase: jax.Array
+  lr: jax.Array
+  window: window_lib.LossWindow
+  positives: jax.Array
+  probability: jax.Array
+  argmin: jax.Array
+  switch_step: jax.Array
+  restart_lr: jax.Array
+  switch_reason: jax.Array
+  loss_ema: jax.Array
+  ema_min: jax.Array
+
+
+def _check_positive_int(name, value, minimum=1):
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f'`{name}` must be an integer >= {minimum}, got {value!r}.')
+
+
+def _check_float(name, value, low, high, low_open=False, high_open=False):
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise TypeError(f'`{name}` must be a number, got {type(value).__name__}.')
+  value = float(value)
+  bad = (not math.isfinite(value) or value < low or value > high
+         or (low_open and value == low) or (high_open and value == high))
+  if bad:
+    lb = '(' if low_open else '['
+    hb = ')' if high_open else ']'
+    raise ValueError(f'`{name}` must be in {lb}{low}, {high}{hb}, got {value!r}.')
+  return value
+
+
+def autowu(
+    total_steps: int,
+    steps_per_epoch: int,
+    *,
+    min_lr: float = 1e-5,
+    max_lr: float = 1.0,
+    max_warmup_fraction: float = 0.5,
+    warmup: Literal['exp', 'linear'] = 'exp',
+    decay: Literal['cosine', 'constant_cosine'] = 'cosine',
+    cooldown_fraction: float = 0.2,
+    confidence: float = 0.95,
+    patience: int = 3,
+    test_every: int | None = None,
+    divergence_factor: float | None = 2.0,
+    window_size: int = 256,
+    grid_size: int = 256,
+    lengthscale: float = 0.2,
+    noise_floor: float = 1e-4,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Automated learning-rate warmup and decay driven by the training loss.
+
+  AutoWU (Kim et al. 2021) warms the learning rate up exponentially from
+  ``min_lr`` towards ``max_lr``,
+
+  .. math::
+
+    \eta(t) = \eta_{min} (\eta_{max} / \eta_{min})^{t / T_w},
+    \quad T_w = \lfloor f_w T \rfloor,
+
+  and smooths the curve of warmup losses against the warmup position with a
+  Gaussian process. Every ``test_every`` steps it computes the probability
+  that the minimum of the smoothed curve lies in the past,
+
+  .. math::
+
+    p = \max_{i < k} \Phi\left(\frac{m_k - m_i}
+        {\sqrt{C_{ii} + C_{kk} - 2 C_{ik}}}\right),
+
+  and after ``patience`` consecutive tests with :math:`p >` ``confidence`` it
+  restarts from the LR the warmup had at the minimum of the posterior mean,
+  then decays it to zero at ``total_steps`` (cosine, or constant then cosine
+  over the last ``cooldown_fraction``). Past ``total_steps`` the LR is 0. If
+  no switch happens by :math:`T_w`, decay starts from the LR reached.
+
+  Short budgets: testing once an epoch, as the authors do, lets the LR grow by
+  x30 or more between the true minimum and the switch when the budget is ~20
+  epochs. The default ``test_every`` is therefore a fixed fraction (1/40) of
+  the maximal warmup, so the LR grows by at most
+  :math:`(\eta_{max}/\eta_{min})^{1/40}` between tests, and the divergence
+  guard ends warmup as soon as the loss leaves the basin: a non-finite loss,
+  or a short (10-step) EMA of the loss :math:`\bar y` with
+  :math:`\bar y - \bar y_{min} > (\mathrm{factor} - 1) |\bar y_{min}|`,
+  where :math:`\bar y_{min}` is the smallest EMA so far (for positive losses:
+  :math:`\bar y > \mathrm{factor} \cdot \bar y_{min}`), restarts at once
+  from the LR at the GP minimum. The EMA (rather than single losses against
+  the smallest single loss) keeps minibatch noise from firing the guard. The authors' rule is exactly
+  ``autowu(..., test_every=steps_per_epoch, divergence_factor=None)``; then a
+  non-finite loss is skipped (it never enters the window) and warmup goes on.
+
+  The transformation multiplies the incoming updates by the (positive) LR, so
+  it goes last in a chain after an optimizer built with ``learning_rate=1.0``
+  and needs the training loss at every update: ``update(updates, state,
+  params, value=loss)``. In data-parallel training pass the global mean loss,
+  so that every replica takes the same decisions.
+
+  Everything runs inside ``jax.jit``: the loss window has a fixed capacity
+  (adjacent bins merge when it is full, so it always covers the whole warmup)
+  and the GP fit is a closed-form computation guarded by ``lax.cond``, so it
+  costs nothing on steps without a test.
+
+  Args:
+    total_steps: T, the total number of updates (steps_per_epoch x epochs).
+    steps_per_epoch: number of updates per epoch (the authors' test period).
+    min_lr: initial warmup LR, > 0.
+    max_lr: largest warmup LR, > ``min_lr``.
+    max_warmup_fraction: :math:`f_w`, the longest warmup as a fraction of T,
+      in (0, 1).
+    warmup: ``'exp'`` (exponential, the paper's) or ``'linear'``.
+    decay: ``'cosine'`` or ``'constant_cosine'``.
+    cooldown_fraction: fraction of T of the final cosine for
+      ``'constant_cosine'``, in (0, 1].
+    confidence: a test is positive if the past-minimum probability exceeds
+      this, in (0.5, 1).
+    patience: number of consecutive positive tests that end warmup, >= 1.
+    test_every: steps between minimum tests; ``None`` gives
+      ``max(1, min(steps_per_epoch, T_w // 40))``.
+    divergence_factor: see above, > 1; ``None`` disables the guard.
+    window_size: capacity of the loss window (even, >= 8).
+    grid_size: number of posterior grid points (>= 8).
+    lengthscale: RBF lengthscale as a fraction of the elapsed warmup, > 0.
+    noise_floor: smallest per-bin noise-to-signal variance ratio, > 0.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    :class:`AutoWUState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_autolr
+    >>> tx = optax.chain(optax.lamb(1.0),
+    ...                  optax_autolr.autowu(total_steps=1000,
+    ...                                      steps_per_epoch=50))
+    >>> params = {'w': jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> loss_fn = lambda p: jnp.sum(p['w'] ** 2)
+    >>> loss, grads = jax.value_and_grad(loss_fn)(params)
+    >>> updates, state = tx.update(grads, state, params, value=loss)
+    >>> params = optax.apply_updates(params, updates)
+    >>> float(optax_autolr.get_lr(state))
+    1e-05
+
+  References:
+    Kim et al., `Automated Learning Rate Scheduler for Large-batch Training
+    <https://arxiv.org/abs/2107.05855>`_, 2021.
+  """
+  _check_positive_int('total_steps', total_steps, 2)
+  _check_positive_int('steps_per_epoch', steps_per_epoch)
+  min_lr = _check_float('min_lr', min_lr, 0.0, math.inf, low_open=True)
+  max_lr = _check_float('max_lr', max_lr, 0.0, math.inf, low_open=True)
+  if max_lr <= min_lr:
+    raise ValueError(
+        f'`max_lr` must be > `min_lr`, got max_lr={max_lr}, min_lr={min_lr}.')
+  max_warmup_fraction = _check_float(
+      'max_warmup_fraction', max_warmup_fraction, 0.0, 1.0, True, True)
+  if warmup not in ('exp', 'linear'):
+    raise ValueError(f"`warmup` must be 'exp' or 'linear', got {warmup!r}.")
+  if decay not in ('cosine', 'constant_cosine'):
+    raise ValueError(
+        f"`decay` must be 'cosine' or 'constant_cosine', got {decay!r}.")
+  cooldown_fraction = _check_float(
+      'cooldown_fraction', cooldown_fraction, 0.0, 1.0, low_open=True)
+  confidence = _check_float('confidence', confidence, 0.5, 1.0, True, True)
+  _check_positive_int('patience', patience)
+  warmup_steps = int(math.floor(max_warmup_fraction * total_steps))
+  if warmup_steps < 1:
+    raise ValueError(
+        '`max_warmup_fraction * total_steps` must be >= 1 step, got '
+        f'{max_warmup_fraction} * {total_steps}.')
+  if test_every is None:
+    test_every = max(1, min(steps_per_epoch, warmup_steps // 40))
+  _check_positive_int('test_every', test_every)
+  if divergence_factor is not None:
+    divergence_factor = _check_float('divergence_factor', divergence_factor,
+                                     1.0, math.inf, low_open=True)
+  _check_positive_int('window_size', window_size, 8)
+  if window_size % 2:
+    raise ValueError(f'`window_size` must be even, got {window_size}.')
+  _check_positive_int('grid_size', grid_size, 8)
+  lengthscale = _check_float('lengthscale', lengthscale, 0.0, math.inf, True)
+  noise_floor = _check_float('noise_floor', noise_floor, 0.0, 1.0, True)
+
+  log_ratio = math.log(max_lr / min_lr)
+  decay_start_floor = (
+      int(math.floor((1.0 - cooldown_fraction) * total_steps))
+      if decay == 'constant_cosine' else 0)
+
+  def warmup_lr(t):
+    """LR of the warmup at (possibly fractional) step ``t``."""
+    frac = jnp.asarray(t, jnp.float32) / warmup_steps
+    if warmup == 'exp':
+      return min_lr * jnp.exp(log_ratio * frac)
+    return min_lr + (max_lr - min_lr) * frac
+
+  def decay_lr(t, switch_step, restart_lr):
+    start = jnp.maximum(switch_step, decay_start_floor)
+    length = jnp.maximum(total_steps - start, 1).astype(jnp.float32)
+    frac = jnp.clip((t - start).astype(jnp.float32) / length, 0.0, 1.0)
+    lr = restart_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return jnp.where(t >= total_steps, 0.0, lr)
+
+  def run_test(window, t):
+    mask = window_lib.window_mask(window)
+    means, steps = window_lib.window_means(window)
+    x = steps / jnp.maximum(t, 1).astype(jnp.float32)
+    result = gp.minimum_test(x, means, window.counts, mask,
+                             lengthscale=lengthscale, grid_size=grid_size,
+                             noise_floor=noise_floor)
+    return result.probability, result.argmin
+
+  def init_fn(params):
+    del params
+    return AutoWUState(
+        count=jnp.zeros((), jnp.int32),
+        phase=jnp.asarray(WARMUP, jnp.int32),
+        lr=jnp.asarray(min_lr, jnp.float32),
+        window=window_lib.window_init(window_size),
+        positives=jnp.zeros((), jnp.int32),
+        probability=jnp.zeros((), jnp.float32),
+        argmin=jnp.zeros((), jnp.float32),
+        switch_step=jnp.asarray(-1, jnp.int32),
+        restart_lr=jnp.zeros((), jnp.float32),
+        switch_reason=jnp.asarray(NOT_SWITCHED, jnp.int32),
+        loss_ema=jnp.zeros((), jnp.float32),
+        ema_min=jnp.asarray(jnp.inf, jnp.float32),
+    )
+
+  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+    del params, extra_args
+    if value is None:
+      raise ValueError(
+          'autowu needs the training loss at every update: call '
+          '`tx.update(updates, state, params, value=loss)` (with '
+          'nnx.Optimizer: `optimizer.update(model, grads, value=loss)`).')
+    loss = jnp.asarray(value)
+    if loss.shape != ():
+      raise ValueError(
+          '`value` must be the scalar training loss (the global mean in '
+          f'data-parallel training), got shape {loss.shape}.')
+    loss = loss.astype(jnp.float32)
+    t = state.count
+    in_warmup = state.phase == WARMUP
+    finite = jnp.isfinite(loss)
+
+    # Loss window; frozen after the switch and never fed non-finite losses.
+    pushed = window_lib.window_push(state.window, jnp.where(finite, loss, 0.0),
+                                    t)
+    keep = in_warmup & finite
+    window = jax.tree.map(lambda a, b: jnp.where(keep, a, b), pushed,
+                          state.window)
+
+    num_losses = window_lib.window_num_losses(window)
+    enough = num_losses >= _MIN_LOSSES_FOR_TEST
+    loss_ema = jnp.where(keep, _GUARD_EMA_DECAY * state.loss_ema
+                         + (1.0 - _GUARD_EMA_DECAY) * loss, state.loss_ema)
+    smoothed = loss_ema / (1.0 - _GUARD_EMA_DECAY ** num_losses.astype(
+        jnp.float32))
+    if divergence_factor is None:
+      non_finite = jnp.zeros((), bool)
+      diverged = jnp.zeros((), bool)
+    else:
+      non_finite = in_warmup & ~finite
+      best = state.ema_min
+      diverged = (keep & enough & jnp.isfinite(best)
+                  & (smoothed - best > (divergence_factor - 1.0)
+                     * jnp.abs(best)))
+    ema_min = jnp.where(keep & enough, jnp.minimum(state.ema_min, smoothed),
+                        state.ema_min)
+    is_test = in_warmup & enough & ((t + 1) % test_every == 0)
+
+    probability, argmin = jax.lax.cond(
+        is_test | diverged | non_finite,
+        run_test,
+        lambda *_: (state.probability, state.argmin),
+        window, t)
+    positive = probability > confidence
+    positives = jnp.where(is_test, jnp.where(positive, state.positives + 1, 0),
+                          state.positives)
+    confident = is_test & (positives >= patience)
+    reached_max = in_warmup & (t >= warmup_steps)
+    switch = in_warmup & (confident | diverged | non_finite | reached_max)
+    reason = jnp.select(
+        [confident, diverged, non_finite, reached_max],
+        [CONFIDENT_MINIMUM, DIVERGED, NON_FINITE, MAX_WARMUP],
+        NOT_SWITCHED)
+
+    current_warmup_lr = warmup_lr(t)
+    restart = jnp.where(reached_max & ~(confident | diverged | non_finite),
+                        current_warmup_lr, warmup_lr(argmin * t))
+    switch_step = jnp.where(switch, t, state.switch_step)
+    restart_lr = jnp.where(switch, restart, state.restart_lr)
+    phase = jnp.where(switch, DECAY, state.phase).astype(jnp.int32)
+    lr = jnp.where(phase == WARMUP, current_warmup_lr,
+                   decay_lr(t, switch_step, restart_lr)).astype(jnp.float32)
+
+    updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
+    new_state = AutoWUState(
+        count=optax.safe_int32_increment(t),
+        phase=phase,
+        lr=lr,
+        window=window,
+        positives=positives.astype(jnp.int32),
+        probability=probability.astype(jnp.float32),
+        argmin=argmin.astype(jnp.float32),
+        switch_step=switch_step.astype(jnp.int32),
+        restart_lr=restart_lr.astype(jnp.float32),
+        switch_reason=jnp.where(switch, reason,
+                                state.switch_reason).astype(jnp.int32),
+        loss_ema=loss_ema.astype(jnp.float32),
+        ema_min=ema_min.astype(jnp.float32),
+    )
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def autowu_lamb(
+    total_steps: int,
+    steps_per_epoch: int,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    mask: Any = None,
+    **autowu_kwargs,
+) -> optax.GradientTransformationExtraArgs:
+  """LAMB (``optax.lamb`` with learning rate 1) followed by :func:`autowu`.
+
+  Weight decay is applied inside LAMB, before the trust ratio, and is scaled
+  by the AutoWU learning rate, as in the paper's setup.
+
+  Args:
+    total_steps: see :func:`autowu`.
+    steps_per_epoch: see :func:`autowu`.
+    b1: LAMB's first-moment decay.
+    b2: LAMB's second-moment decay.
+    eps: LAMB's epsilon.
+    weight_decay: LAMB's (decoupled) weight decay.
+    mask: which params get weight decay (see ``optax.lamb``).
+    **autowu_kwargs: any keyword argument of :func:`autowu`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; call its update with
+    ``value=loss``.
+
+  Example:
+    >>> import optax_autolr
+    >>> tx = optax_autolr.autowu_lamb(total_steps=2000, steps_per_epoch=100,
+    ...                               weight_decay=1e-4)
+  """
+  return optax.chain(
+      optax.lamb(1.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                 mask=mask),
+      autowu(total_steps, steps_per_epoch, **autowu_kwargs),
+  )
+
+
+def autowu_adamp(
+    total_steps: int,
+    steps_per_epoch: int,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    mask: Any = None,
+    **autowu_kwargs,
+) -> optax.GradientTransformationExtraArgs:
+  """AdamP (learning rate 1) followed by :func:`autowu`: the authors' setup.
+
+  Kim et al. (2021) trained with AdamP (Heo et al. 2021). AdamP's decoupled
+  weight decay is emitted as part of the update, so AutoWU's learning rate
+  scales it, as a PyTorch scheduler would.
+
+  Args:
+    total_steps: see :func:`autowu`.
+    steps_per_epoch: see :func:`autowu`.
+    b1: see :func:`~optax_autolr.adamp`.
+    b2: see :func:`~optax_autolr.adamp`.
+    eps: see :func:`~optax_autolr.adamp`.
+    delta: see :func:`~optax_autolr.adamp`.
+    wd_ratio: see :func:`~optax_autolr.adamp`.
+    weight_decay: see :func:`~optax_autolr.adamp`.
+    nesterov: see :func:`~optax_autolr.adamp`.
+    mask: which params get weight decay (see :func:`~optax_autolr.adamp`).
+    **autowu_kwargs: any keyword argument of :func:`autowu`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; call its update with
+    ``value=loss``.
+
+  Example:
+    >>> import optax_autolr
+    >>> tx = optax_autolr.autowu_adamp(total_steps=2000, steps_per_epoch=100,
+    ...                                weight_decay=1e-4)
+  """
+  return optax.chain(
+      _adamp(1.0, b1=b1, b2=b2, eps=eps, delta=delta,
+                      wd_ratio=wd_ratio, weight_decay=weight_decay,
+                      nesterov=nesterov, mask=mask),
+      autowu(total_steps, steps_per_epoch, **autowu_kwargs),
+  )
+
+
+def find_autowu_state(state: Any) -> AutoWUState:
+  """Returns the (single) :class:`AutoWUState` inside an optimizer state.
+
+  Works on any nesting of chains, ``optax.MultiSteps``,
+  ``optax.inject_hyperparams`` or ``nnx.Optimizer.opt_state``.
+
+  Args:
+    state: an optimizer state pytree.
+
+  Returns:
+    The :class:`AutoWUState` it holds.
+
+  Raises:
+    ValueError: if there is not exactly one.
+  """
+  is_state = lambda x: isinstance(x, AutoWUState)
+  found = [s for s in jax.tree.leaves(state, is_leaf=is_state) if is_state(s)]
+  if len(found) != 1:
+    raise ValueError(
+        f'expected exactly one AutoWUState in the optimizer state, found '
+        f'{len(found)}.')
+  return found[0]
+
+
+def get_lr(state: Any) -> jax.Array:
+  """The LR applied at the last update (``min_lr`` before the first)."""
+  return find_autowu_state(state).lr
+
+
+def get_phase(state: Any) -> jax.Array:
+  """``WARMUP`` (0) or ``DECAY`` (1)."""
+  return find_autowu_state(state).phase
+
+
+def get_probability(state: Any) -> jax.Array:
+  """Past-minimum probability of the last minimum test."""
+  return find_autowu_state(state).probability
+
+
+def get_switch(state: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(switch_step, restart_lr, switch_reason)``; step is -1 before it."""
+  s = find_autowu_state(state)
+  return s.switch_step, s.restart_lr, s.switch_reason
+
+
+def loss_curve_posterior(state: Any, *, lengthscale: float = 0.2,
+                         grid_size: int = 256
+                         ) -> tuple[jax.Array, gp.MinimumTestResult]:
+  """Recomputes the GP fit on the warmup window, for plots and logging.
+
+  After the switch the window is frozen, so this shows the posterior the
+  switch decision was based on (use the same ``lengthscale`` and
+  ``grid_size`` as the :func:`autowu` that made ``state``).
+
+  Args:
+    state: an optimizer state holding an :class:`AutoWUState`.
+    lengthscale: the RBF lengthscale of the :func:`autowu` call.
+    grid_size: number of posterior grid points.
+
+  Returns:
+    ``(steps, result)``: the grid as (fractional) step numbers and the
+    :class:`~optax_autolr.gp.MinimumTestResult`, whose posterior is in loss
+    units.
+  """
+  s = find_autowu_state(state)
+  last = jnp.where(s.phase == WARMUP, s.count - 1, s.switch_step)
+  last = jnp.maximum(last, 1).astype(jnp.float32)
+  means, steps = window_lib.window_means(s.window)
+  result = gp.minimum_test(steps / last, means, s.window.counts,
+                           window_lib.window_mask(s.window),
+                           lengthscale=lengthscale, grid_size=grid_size)
+  return result.grid * last, result

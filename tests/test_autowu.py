@@ -1,0 +1,323 @@
+"""Tests for the AutoWU transformation: decisions, schedule, Optax conformance."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import optax_autolr as oa
+
+T, SPE = 2000, 100
+WARMUP_STEPS = T // 2
+
+
+def _u_curve_run(tx, num_steps):
+  """Feeds a loss that is a U-shaped function of the LR in use."""
+
+  @jax.jit
+  def run(log10_opt, noise, key):
+    params = {'w': jnp.zeros(3)}
+    state = tx.init(params)
+
+    def step(state, key):
+      lr = jnp.where(state.count == 0, 1e-5, state.lr)
+      loss = 1.0 + 0.5 * (jnp.log10(lr) - log10_opt)**2
+      loss = loss + noise * jax.random.normal(key)
+      _, state = tx.update({'w': jnp.ones(3)}, state, value=loss)
+      return state, state.lr
+
+    return jax.lax.scan(step, state, jax.random.split(key, num_steps))
+
+  return run
+
+
+@pytest.fixture(scope='module')
+def u_runner():
+  return _u_curve_run(oa.autowu(T, SPE), T)
+
+
+@pytest.mark.parametrize('noise', [0.01, 0.1, 0.3])
+@pytest.mark.parametrize('log10_opt', [-3.0, -2.0, -1.0])
+def test_switch_after_optimum_and_restart_near_it(u_runner, noise, log10_opt):
+  state, lrs = u_runner(log10_opt, noise, jax.random.key(int(noise * 100)))
+  switch = int(state.switch_step)
+  opt = 10.0**log10_opt
+  assert int(state.switch_reason) == oa.CONFIDENT_MINIMUM
+  assert 0 < switch < WARMUP_STEPS
+  # The warmup LR had passed the optimum before the switch ...
+  assert float(lrs[switch - 1]) > opt
+  # ... and the restart LR lands within a factor 2 of the true optimum.
+  ratio = float(state.restart_lr) / opt
+  assert 0.5 <= ratio <= 2.0, ratio
+  assert float(lrs[switch]) == pytest.approx(float(state.restart_lr))
+
+
+@pytest.mark.parametrize('noise', [0.0, 0.05, 0.2])
+def test_monotone_curve_never_switches_before_max_warmup(noise):
+  tx = oa.autowu(T, SPE)
+
+  @jax.jit
+  def run(key):
+    state = tx.init(None)
+
+    def step(state, key):
+      loss = 2.0 - jnp.log10(state.lr) / 10 + noise * jax.random.normal(key)
+      _, state = tx.update({}, state, value=loss)
+      return state, None
+
+    return jax.lax.scan(step, state, jax.random.split(key, T))[0]
+
+  state = run(jax.random.key(3))
+  assert int(state.switch_reason) == oa.MAX_WARMUP
+  assert int(state.switch_step) == WARMUP_STEPS
+  np.testing.assert_allclose(state.restart_lr, 1.0, rtol=1e-5)
+
+
+def _lr_trajectory(tx, num_steps, loss_fn=lambda t: 10.0 - 1e-3 * t):
+  @jax.jit
+  def run():
+    state = tx.init(None)
+
+    def step(state, t):
+      _, state = tx.update({}, state, value=loss_fn(t))
+      return state, (state.lr, state.phase)
+
+    return jax.lax.scan(step, state, jnp.arange(num_steps))
+
+  return run()
+
+
+@pytest.mark.parametrize('warmup', ['exp', 'linear'])
+def test_warmup_and_cosine_values_are_exact(warmup):
+  total, tw = 400, 200
+  tx = oa.autowu(total, 20, warmup=warmup, min_lr=1e-4, max_lr=0.5)
+  state, (lrs, phases) = _lr_trajectory(tx, total + 10)
+  t = np.arange(tw)
+  if warmup == 'exp':
+    expected = 1e-4 * (0.5 / 1e-4)**(t / tw)
+  else:
+    expected = 1e-4 + (0.5 - 1e-4) * t / tw
+  np.testing.assert_allclose(lrs[:tw], expected, rtol=2e-5)
+  t = np.arange(tw, total)
+  np.testing.assert_allclose(
+      lrs[tw:total], 0.5 * 0.5 * (1 + np.cos(np.pi * (t - tw) / (total - tw))),
+      rtol=2e-5, atol=1e-7)
+  np.testing.assert_array_equal(lrs[total:], 0.0)
+  np.testing.assert_array_equal(phases, (np.arange(total + 10) >= tw))
+  assert int(state.switch_reason) == oa.MAX_WARMUP
+
+
+def test_constant_cosine_values_are_exact():
+  total, tw = 400, 100
+  tx = oa.autowu(total, 20, max_warmup_fraction=0.25,
+                 decay='constant_cosine', cooldown_fraction=0.2, max_lr=0.3)
+  _, (lrs, _) = _lr_trajectory(tx, total)
+  start = int(0.8 * total)
+  np.testing.assert_allclose(lrs[tw:start], 0.3, rtol=2e-5)
+  t = np.arange(start, total)
+  np.testing.assert_allclose(
+      lrs[start:], 0.3 * 0.5 * (1 + np.cos(np.pi * (t - start) /
+                                            (total - start))),
+      rtol=2e-5, atol=1e-7)
+  assert 0.0 < float(lrs[-1]) < 2e-4
+
+
+def test_divergence_guard_and_non_finite_end_warmup():
+  def blow_up(at, value):
+    return lambda t: jnp.where(t < at, 3.0 - 1e-3 * t, value)
+
+  _, (lrs, phases) = _lr_trajectory(oa.autowu(T, SPE), 400,
+                                    blow_up(300, 50.0))
+  assert int(np.argmax(np.asarray(phases))) in range(300, 303)
+  state, _ = _lr_trajectory(oa.autowu(T, SPE), 400, blow_up(300, jnp.nan))
+  assert int(state.switch_step) == 300
+  assert int(state.switch_reason) == oa.NON_FINITE
+  assert 0 < float(state.restart_lr) < float(lrs[299])
+  # The authors' rule: the guard is off, non-finite losses are skipped.
+  state, _ = _lr_trajectory(
+      oa.autowu(T, SPE, test_every=SPE, divergence_factor=None), 400,
+      blow_up(300, jnp.nan))
+  assert int(state.phase) == oa.WARMUP
+  assert int(oa.window.window_num_losses(state.window)) == 300
+
+
+def test_authors_rule_tests_once_an_epoch():
+  tx = oa.autowu(T, SPE, test_every=SPE, divergence_factor=None, patience=3)
+  # A curve with a clear minimum: with the authors' rule the switch lands on
+  # an epoch boundary, 3 tests after the first positive one.
+  state, _ = _lr_trajectory(
+      tx, T, lambda t: 1.0 + ((t - 300.0) / 200.0)**2)
+  assert (int(state.switch_step) + 1) % SPE == 0
+  assert int(state.switch_reason) == oa.CONFIDENT_MINIMUM
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(total_steps=1), 'total_steps'),
+    (dict(total_steps=10.5), 'total_steps'),
+    (dict(steps_per_epoch=0), 'steps_per_epoch'),
+    (dict(min_lr=0.0), 'min_lr'),
+    (dict(min_lr=-1.0), 'min_lr'),
+    (dict(max_lr=1e-6), 'max_lr'),
+    (dict(max_lr=float('nan')), 'max_lr'),
+    (dict(max_warmup_fraction=0.0), 'max_warmup_fraction'),
+    (dict(max_warmup_fraction=1.0), 'max_warmup_fraction'),
+    (dict(max_warmup_fraction=1e-5), 'max_warmup_fraction'),
+    (dict(warmup='cosine'), 'warmup'),
+    (dict(decay='linear'), 'decay'),
+    (dict(cooldown_fraction=0.0), 'cooldown_fraction'),
+    (dict(confidence=0.5), 'confidence'),
+    (dict(confidence=1.0), 'confidence'),
+    (dict(patience=0), 'patience'),
+    (dict(test_every=0), 'test_every'),
+    (dict(divergence_factor=1.0), 'divergence_factor'),
+    (dict(window_size=7), 'window_size'),
+    (dict(window_size=4), 'window_size'),
+    (dict(grid_size=2), 'grid_size'),
+    (dict(lengthscale=0.0), 'lengthscale'),
+    (dict(noise_floor=0.0), 'noise_floor'),
+])
+def test_bad_arguments_raise_at_construction(kwargs, match):
+  args = dict(total_steps=1000, steps_per_epoch=10)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    oa.autowu(**args)
+
+
+def test_bad_argument_type():
+  with pytest.raises(TypeError, match='min_lr'):
+    oa.autowu(100, 10, min_lr='small')
+
+
+def test_missing_or_non_scalar_value():
+  tx = oa.autowu(100, 10)
+  state = tx.init({'w': jnp.zeros(2)})
+  with pytest.raises(ValueError, match='value=loss'):
+    tx.update({'w': jnp.zeros(2)}, state)
+  with pytest.raises(ValueError, match='scalar'):
+    tx.update({'w': jnp.zeros(2)}, state, value=jnp.ones(4))
+
+
+def _quadratic():
+  target = jnp.array([1.0, -2.0, 3.0, 0.5])
+  loss_fn = lambda p: jnp.sum((p['w'] - target)**2)
+  return loss_fn, {'w': jnp.zeros(4)}
+
+
+def test_chain_extra_kwargs_no_recompile_stable_state():
+  loss_fn, params = _quadratic()
+  tx = optax.chain(optax.adam(1.0), oa.autowu(60, 5, test_every=2))
+  traces = []
+
+  @jax.jit
+  def step(params, state):
+    traces.append(1)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state, params, value=loss,
+                               unknown_kwarg=123)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  first = state
+  phases = set()
+  for _ in range(70):
+    params, state = step(params, state)
+    phases.add(int(oa.get_phase(state)))
+  assert len(traces) == 1
+  assert phases == {0, 1}
+  chex.assert_trees_all_equal_shapes_and_dtypes(first, state)
+  assert float(oa.get_lr(state)) == 0.0
+
+
+def test_converges_inside_scan():
+  loss_fn, params = _quadratic()
+  tx = optax.chain(optax.adam(1.0), oa.autowu(400, 20))
+  state = tx.init(params)
+
+  def step(carry, _):
+    params, state = carry
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state, params, value=loss)
+    return (optax.apply_updates(params, updates), state), loss
+
+  (params, state), losses = jax.jit(
+      lambda c: jax.lax.scan(step, c, None, length=400))((params, state))
+  assert float(losses[0]) > 10.0
+  assert float(loss_fn(params)) < 1e-3 * float(losses[0])
+  assert int(oa.get_phase(state)) == oa.DECAY
+
+
+def test_nnx_optimizer_update_with_value():
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, oa.autowu_lamb(100, 10, weight_decay=1e-4),
+                            wrt=nnx.Param)
+  x = jnp.ones((8, 3))
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    loss_fn = lambda m: jnp.mean((m(x) - 1.0)**2)
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads, value=loss)
+    return loss
+
+  losses = [float(train_step(model, optimizer)) for _ in range(30)]
+  assert all(math.isfinite(l) for l in losses)
+  assert float(oa.get_lr(optimizer.opt_state)) > 1e-5
+  assert int(optimizer.step.value) == 30
+
+
+def test_helpers_find_state_in_nested_chains():
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.chain(optax.lamb(1.0), oa.autowu(100, 10)))
+  state = tx.init({'w': jnp.zeros(2)})
+  assert float(oa.get_lr(state)) == pytest.approx(1e-5)
+  assert int(oa.get_phase(state)) == oa.WARMUP
+  assert float(oa.get_probability(state)) == 0.0
+  step, lr, reason = oa.get_switch(state)
+  assert int(step) == -1 and int(reason) == oa.NOT_SWITCHED
+  with pytest.raises(ValueError, match='exactly one'):
+    oa.get_lr(optax.lamb(1.0).init({'w': jnp.zeros(2)}))
+
+
+def test_updates_keep_dtype():
+  tx = oa.autowu(100, 10)
+  params = {'a': jnp.ones(3, jnp.bfloat16), 'b': jnp.ones(2, jnp.float32)}
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), value=1.0)
+  assert updates['a'].dtype == jnp.bfloat16
+  assert updates['b'].dtype == jnp.float32
+  np.testing.assert_allclose(updates['b'], 1e-5, rtol=1e-6)
+
+
+def test_loss_curve_posterior_after_switch(u_runner):
+  state, _ = u_runner(-2.0, 0.05, jax.random.key(0))
+  steps, result = oa.loss_curve_posterior(state)
+  assert steps[-1] == pytest.approx(float(state.switch_step))
+  restart_from_posterior = 1e-5 * (1e5)**(
+      float(result.argmin) * float(state.switch_step) / WARMUP_STEPS)
+  np.testing.assert_allclose(restart_from_posterior, state.restart_lr,
+                             rtol=1e-3)
+  assert np.all(np.isfinite(result.posterior.mean))
+
+
+@pytest.mark.parametrize('make', [oa.autowu_lamb, oa.autowu_adamp])
+def test_convenience_chains_train_a_small_model(make):
+  model = nnx.Sequential(nnx.Linear(4, 16, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(16, 1, rngs=nnx.Rngs(1)))
+  tx = make(300, 10, weight_decay=1e-4)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jax.random.normal(jax.random.key(0), (64, 4))
+  y = jnp.sin(x.sum(axis=1, keepdims=True))
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y)**2))(model)
+    optimizer.update(model, grads, value=loss)
+    return loss
+
+  losses = [float(train_step(model, optimizer)) for _ in range(300)]
+  assert losses[-1] < 0.5 * losses[0]
+  assert float(oa.get_lr(optimizer.opt_state)) == 0.0
