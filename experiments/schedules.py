@@ -19,7 +19,7 @@ Schedules:
 
 ==========================  ==================================================
 ``autowu_lamb``             LAMB + AutoWU (:func:`optax_autolr.autowu_lamb`)
-``autowu_adamp``            AdamP + AutoWU
+``autowu_adamp``            AdamP + AutoWU (:func:`optax_autolr.autowu_adamp`)
 ``warmup_cosine_lamb``      LAMB, linear warmup + cosine decay to 0
 ``warmup_cosine_adamp``     AdamP, linear warmup + cosine decay to 0
 ``warmup_cosine_adamw``     AdamW, linear warmup + cosine decay to 0
@@ -47,7 +47,6 @@ own ``weight_decay`` is a different quantity, so both keep the Optax default.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -200,26 +199,6 @@ def _no_lr_fn(opt_state, step):
     return _nan(), _no_phase(), _nan()
 
 
-def _autowu_adamp(
-    total_steps: int, steps_per_epoch: int, *, weight_decay: float, mask: Any,
-    **autowu_kwargs: Any,
-) -> tuple[optax.GradientTransformationExtraArgs, str]:
-    """AdamP + AutoWU: the library's ``autowu_adamp`` if present, else a local chain."""
-    fn = getattr(optax_autolr, "autowu_adamp", None)
-    if fn is not None:
-        kwargs: dict[str, Any] = {"weight_decay": weight_decay}
-        if "mask" in inspect.signature(fn).parameters:
-            kwargs["mask"] = mask
-        return fn(total_steps, steps_per_epoch, **kwargs, **autowu_kwargs), "optax_autolr"
-    from optax_autolr.adamp import adamp  # noqa: PLC0415
-
-    tx = optax.chain(
-        adamp(1.0, weight_decay=weight_decay, mask=mask),
-        optax_autolr.autowu(total_steps, steps_per_epoch, **autowu_kwargs),
-    )
-    return tx, "local chain(adamp(1.0), autowu)"
-
-
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -281,17 +260,11 @@ def make_optimizer(
 
     if key in AUTOWU_SCHEDULES:
         is_autowu = needs_value = True
-        if key == "autowu_lamb":
-            tx = optax_autolr.autowu_lamb(
-                total_steps, steps_per_epoch, weight_decay=weight_decay,
-                mask=decay_mask, **autowu_kwargs)
-            source = "optax_autolr"
-        else:
-            tx, source = _autowu_adamp(
-                total_steps, steps_per_epoch, weight_decay=weight_decay,
-                mask=decay_mask, **autowu_kwargs)
+        make = optax_autolr.autowu_lamb if key == "autowu_lamb" else optax_autolr.autowu_adamp
+        tx = make(total_steps, steps_per_epoch, weight_decay=weight_decay, mask=decay_mask,
+                  **autowu_kwargs)
         hp.update(base=key.split("_", 1)[1], weight_decay=weight_decay,
-                  autowu_kwargs=autowu_kwargs, implementation=source)
+                  autowu_kwargs=autowu_kwargs)
         lr_fn = _autowu_lr_fn
     elif key.startswith("warmup_cosine_"):
         schedule = optax.warmup_cosine_decay_schedule(
@@ -303,9 +276,7 @@ def make_optimizer(
         elif base == "adamw":
             tx = optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
         else:
-            from optax_autolr.adamp import adamp  # noqa: PLC0415
-
-            tx = adamp(schedule, weight_decay=weight_decay, mask=decay_mask)
+            tx = optax_autolr.adamp(schedule, weight_decay=weight_decay, mask=decay_mask)
         hp.update(base=base, peak_lr=lr, warmup_steps=warmup_steps,
                   warmup_fraction=warmup_fraction, weight_decay=weight_decay)
         lr_fn = _schedule_lr_fn(schedule, warmup_steps)

@@ -30,6 +30,7 @@ from optax_autolr.autowu import get_phase
 from optax_autolr.autowu import get_probability
 from optax_autolr.autowu import get_switch
 from optax_autolr.autowu import loss_curve_posterior
+from optax_autolr.autowu import lr_hyperparams
 from optax_autolr.autowu import MAX_WARMUP
 from optax_autolr.autowu import NON_FINITE
 from optax_autolr.autowu import NOT_SWITCHED
@@ -59,7 +60,8 @@ __all__ = [
     'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
     'adamp', 'autowu', 'autowu_adamp', 'autowu_lamb', 'scale_by_adamp',
     'scale_invariance_report', 'ScaleByAdamPState', 'find_autowu_state', 'get_lr', 'get_phase',
-    'get_probability', 'get_switch', 'gp', 'loss_curve_posterior', 'window',
+    'get_probability', 'get_switch', 'gp', 'loss_curve_posterior',
+    'lr_hyperparams', 'window',
     'adam_optimal_lr', 'b_noise_from_steps', 'b_simple', 'fit_sgd_form',
     'fit_surge', 'noise_scale_init', 'noise_scale_update',
     'noise_scale_value_and_grad', 'NoiseScaleState', 'NoiseStats',

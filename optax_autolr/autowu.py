@@ -33,6 +33,9 @@ SWITCH_REASONS = {
 _MIN_LOSSES_FOR_TEST = 8
 # Decay of the loss EMA the divergence guard compares (about 10 steps).
 _GUARD_EMA_DECAY = 0.9
+# Losses of a larger magnitude count as non-finite: the float32 window sums
+# and the GP's standardization would overflow on them.
+_MAX_ABS_LOSS = 1e15
 
 
 class AutoWUState(NamedTuple):
@@ -69,12 +72,23 @@ class AutoWUState(NamedTuple):
   ema_min: jax.Array
 
 
+def _check_static(name, value):
+  if isinstance(value, jax.Array):
+    raise TypeError(
+        f'`{name}` must be a Python number, got a jax.Array: the arguments of '
+        'autowu are constants fixed when it is built, not hyperparameters '
+        'that optax.inject_hyperparams can inject (read the LR with '
+        'optax_autolr.get_lr(state) or lr_hyperparams(state)).')
+
+
 def _check_positive_int(name, value, minimum=1):
+  _check_static(name, value)
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
     raise ValueError(f'`{name}` must be an integer >= {minimum}, got {value!r}.')
 
 
 def _check_float(name, value, low, high, low_open=False, high_open=False):
+  _check_static(name, value)
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise TypeError(f'`{name}` must be a number, got {type(value).__name__}.')
   value = float(value)
@@ -143,14 +157,57 @@ def autowu(
   :math:`\bar y > \mathrm{factor} \cdot \bar y_{min}`), restarts at once
   from the LR at the GP minimum. The EMA (rather than single losses against
   the smallest single loss) keeps minibatch noise from firing the guard. The authors' rule is exactly
-  ``autowu(..., test_every=steps_per_epoch, divergence_factor=None)``; then a
-  non-finite loss is skipped (it never enters the window) and warmup goes on.
+  ``autowu(..., test_every=steps_per_epoch, divergence_factor=None)``.
+
+  Non-finite losses: a loss that is NaN, +-Inf or of magnitude above 1e15
+  never enters the loss window, the guard's EMA or the GP (their float32
+  statistics would overflow), so the state stays finite. With the guard on,
+  the first such loss in warmup ends warmup at that step (``switch_reason ==
+  NON_FINITE``): the minimum test runs on the window of finite losses (x = 1
+  is the newest of them) and the decay starts from the warmup LR at the GP
+  minimum, at most the LR of two steps before (the loss seen at step t
+  follows the update made with the LR of step t - 1). With
+  ``divergence_factor=None`` (the authors' rule) such losses are skipped and
+  warmup goes on. After the switch the decay is a fixed schedule: bad losses
+  change nothing.
+
+  Negative losses and offsets: the minimum test standardizes the losses, so
+  it takes the same decisions for a loss shifted by any constant or scaled by
+  any positive factor. The guard measures the rise of the smoothed loss
+  against :math:`|\bar y_{min}|`, which assumes a loss whose zero means
+  something (cross-entropy, MSE: with factor 2, "the loss doubled"; for a
+  negative minimum m, the loss climbed above :math:`m + (\mathrm{factor} -
+  1)|m|`, i.e. above 0 for factor 2). A large constant offset makes the guard
+  fire later or never (around -1e6, a rise of 1e3 is small against
+  :math:`|\bar y_{min}|`); pass losses without such an offset.
 
   The transformation multiplies the incoming updates by the (positive) LR, so
   it goes last in a chain after an optimizer built with ``learning_rate=1.0``
   and needs the training loss at every update: ``update(updates, state,
   params, value=loss)``. In data-parallel training pass the global mean loss,
-  so that every replica takes the same decisions.
+  so that every replica (and every host) takes the same decisions; the state
+  holds only scalars and the small loss window, and stays replicated.
+
+  Gradient accumulation: ``optax.MultiSteps(tx, every_k_schedule=k)`` runs
+  the inner update on every micro-step but keeps its new state only on the
+  last micro-step of each period, so AutoWU advances once per period and sees
+  the ``value`` of the last micro-batch only (not the mean; a NaN on an
+  earlier micro-batch goes unseen). Pass the running mean of the period's
+  losses so far as ``value`` (at the last micro-step it is the mean loss of
+  the period), and count ``total_steps`` and ``steps_per_epoch`` in
+  optimizer steps (micro-steps / k).
+
+  ``optax.inject_hyperparams``: the arguments of ``autowu`` are Python
+  constants fixed when it is built (``optax.inject_hyperparams(autowu)``
+  raises a ``TypeError``); the LR is part of the state: read it with
+  :func:`get_lr`, or :func:`lr_hyperparams` for a ``{'learning_rate': lr}``
+  dict like ``InjectHyperparamsState.hyperparams``. Injecting the inner
+  optimizer's hyperparameters, ``optax.chain(optax.inject_hyperparams(
+  optax.lamb)(learning_rate=1.0), autowu(...))``, works.
+
+  Checkpoints: the state is a pytree of fixed-shape arrays; save the whole
+  optimizer state (e.g. with Orbax) and restore it into ``tx.init(params)``
+  of a freshly built ``tx``: training resumes exactly as if uninterrupted.
 
   Everything runs inside ``jax.jit``: the loss window has a fixed capacity
   (adjacent bins merge when it is full, so it always covers the whole warmup)
@@ -248,8 +305,10 @@ def autowu(
     """LR of the warmup at (possibly fractional) step ``t``."""
     frac = jnp.asarray(t, jnp.float32) / warmup_steps
     if warmup == 'exp':
-      return min_lr * jnp.exp(log_ratio * frac)
-    return min_lr + (max_lr - min_lr) * frac
+      lr = min_lr * jnp.exp(log_ratio * frac)
+    else:
+      lr = min_lr + (max_lr - min_lr) * frac
+    return jnp.minimum(lr, max_lr)  # exp() may round above max_lr at t = T_w
 
   def decay_lr(t, switch_step, restart_lr):
     start = jnp.maximum(switch_step, decay_start_floor)
@@ -259,13 +318,16 @@ def autowu(
     return jnp.where(t >= total_steps, 0.0, lr)
 
   def run_test(window, t):
+    """Minimum test on ``window``, whose newest loss was seen at step ``t``."""
     mask = window_lib.window_mask(window)
     means, steps = window_lib.window_means(window)
     x = steps / jnp.maximum(t, 1).astype(jnp.float32)
     result = gp.minimum_test(x, means, window.counts, mask,
                              lengthscale=lengthscale, grid_size=grid_size,
                              noise_floor=noise_floor)
-    return result.probability, result.argmin
+    # float32 even under jax_enable_x64 (the GP may compute in float64).
+    return (result.probability.astype(jnp.float32),
+            result.argmin.astype(jnp.float32))
 
   def init_fn(params):
     del params
@@ -299,14 +361,14 @@ def autowu(
     loss = loss.astype(jnp.float32)
     t = state.count
     in_warmup = state.phase == WARMUP
-    finite = jnp.isfinite(loss)
+    finite = jnp.isfinite(loss) & (jnp.abs(loss) <= _MAX_ABS_LOSS)
 
     # Loss window; frozen after the switch and never fed non-finite losses.
     pushed = window_lib.window_push(state.window, jnp.where(finite, loss, 0.0),
                                     t)
     keep = in_warmup & finite
-    window = jax.tree.map(lambda a, b: jnp.where(keep, a, b), pushed,
-                          state.window)
+    window = jax.tree.map(lambda a, b: jnp.where(keep, a, b),
+                          pushed, state.window)
 
     num_losses = window_lib.window_num_losses(window)
     enough = num_losses >= _MIN_LOSSES_FOR_TEST
@@ -326,12 +388,15 @@ def autowu(
     ema_min = jnp.where(keep & enough, jnp.minimum(state.ema_min, smoothed),
                         state.ema_min)
     is_test = in_warmup & enough & ((t + 1) % test_every == 0)
+    # Step of the newest loss in the window: x = 1 of the test, so that the
+    # GP never extrapolates to a step whose loss was not finite.
+    t_data = jnp.where(keep, t, jnp.maximum(t - 1, 0))
 
     probability, argmin = jax.lax.cond(
         is_test | diverged | non_finite,
         run_test,
         lambda *_: (state.probability, state.argmin),
-        window, t)
+        window, t_data)
     positive = probability > confidence
     positives = jnp.where(is_test, jnp.where(positive, state.positives + 1, 0),
                           state.positives)
@@ -345,7 +410,13 @@ def autowu(
 
     current_warmup_lr = warmup_lr(t)
     restart = jnp.where(reached_max & ~(confident | diverged | non_finite),
-                        current_warmup_lr, warmup_lr(argmin * t))
+                        current_warmup_lr, warmup_lr(argmin * t_data))
+    # The loss seen at step t follows the update made with the LR of step
+    # t - 1: after a non-finite loss, restart at most from the LR of step
+    # t - 2, the largest one whose outcome was finite.
+    restart = jnp.where(non_finite,
+                        jnp.minimum(restart, warmup_lr(jnp.maximum(t - 2, 0))),
+                        restart)
     switch_step = jnp.where(switch, t, state.switch_step)
     restart_lr = jnp.where(switch, restart, state.restart_lr)
     phase = jnp.where(switch, DECAY, state.phase).astype(jnp.int32)
@@ -510,6 +581,36 @@ def get_switch(state: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
   return s.switch_step, s.restart_lr, s.switch_reason
 
 
+def lr_hyperparams(state: Any) -> dict[str, jax.Array]:
+  """``{'learning_rate': lr}``: the AutoWU LR in ``inject_hyperparams`` form.
+
+  The arguments of :func:`autowu` are Python constants fixed when it is
+  built, so ``optax.inject_hyperparams(autowu)`` is not supported (it raises
+  a ``TypeError``); the LR it applies is part of its state. This reads it
+  from any optimizer state, for code that logs ``state.hyperparams`` of an
+  ``optax.inject_hyperparams`` optimizer. The effective LR also includes any
+  ``learning_rate`` of the optimizer before :func:`autowu` in the chain (1 in
+  the recommended ``optax.chain(optax.lamb(1.0), autowu(...))``). Works
+  inside ``jax.jit``.
+
+  Args:
+    state: an optimizer state holding an :class:`AutoWUState`.
+
+  Returns:
+    ``{'learning_rate': lr}``, the LR applied at the last update.
+
+  Example:
+    >>> import optax
+    >>> import optax_autolr
+    >>> from optax_autolr.autowu import lr_hyperparams
+    >>> tx = optax.chain(optax.lamb(1.0), optax_autolr.autowu(1000, 50))
+    >>> state = tx.init({'w': jax.numpy.ones(3)})
+    >>> {k: float(v) for k, v in lr_hyperparams(state).items()}
+    {'learning_rate': 1e-05}
+  """
+  return {'learning_rate': get_lr(state)}
+
+
 def loss_curve_posterior(state: Any, *, lengthscale: float = 0.2,
                          grid_size: int = 256
                          ) -> tuple[jax.Array, gp.MinimumTestResult]:
@@ -531,6 +632,9 @@ def loss_curve_posterior(state: Any, *, lengthscale: float = 0.2,
   """
   s = find_autowu_state(state)
   last = jnp.where(s.phase == WARMUP, s.count - 1, s.switch_step)
+  # A non-finite loss at the switch step never entered the window.
+  last = jnp.where((s.phase == DECAY) & (s.switch_reason == NON_FINITE),
+                   s.switch_step - 1, last)
   last = jnp.maximum(last, 1).astype(jnp.float32)
   means, steps = window_lib.window_means(s.window)
   result = gp.minimum_test(steps / last, means, s.window.counts,

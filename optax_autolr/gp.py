@@ -89,7 +89,7 @@ def _eigensystem(x, weights, mask, lengthscale):
   """Eigendecomposition of ``W^{1/2} K W^{1/2}``; unused rows are identity."""
   sqrt_w = jnp.where(mask, jnp.sqrt(jnp.where(mask, weights, 1.0)), 0.0)
   a = sqrt_w[:, None] * rbf_kernel(x, x, lengthscale) * sqrt_w[None, :]
-  a = jnp.where(mask[:, None] & mask[None, :], a, jnp.eye(x.shape[0]))
+  a = jnp.where(mask[:, None] & mask[None, :], a, jnp.eye(x.shape[0], dtype=a.dtype))
   lam, q = jnp.linalg.eigh(a)
   # The RBF Gram matrix is PSD; round-off can make tiny eigenvalues negative.
   return jnp.maximum(lam, 0.0), q, sqrt_w

@@ -56,7 +56,7 @@ def window_init(capacity: int) -> LossWindow:
 
 
 def _merge_pairs(x: jax.Array) -> jax.Array:
-  half = x.reshape(-1, 2).sum(axis=1)
+  half = x.reshape(-1, 2).sum(axis=1, dtype=x.dtype)
   return jnp.concatenate([half, jnp.zeros_like(half)])
 
 

@@ -318,6 +318,7 @@ def test_convenience_chains_train_a_small_model(make):
     optimizer.update(model, grads, value=loss)
     return loss
 
-  losses = [float(train_step(model, optimizer)) for _ in range(300)]
+  losses = [float(train_step(model, optimizer)) for _ in range(301)]
   assert losses[-1] < 0.5 * losses[0]
+  # The update at step t = total_steps uses LR 0.
   assert float(oa.get_lr(optimizer.opt_state)) == 0.0
