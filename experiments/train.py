@@ -505,6 +505,10 @@ def run(
     gd_model, model_state = nnx.split(model)
     gd_opt, opt_state = nnx.split(optimizer)
     del model, optimizer
+    # Some optimizers keep references to the parameters in their state
+    # (Prodigy, COCOB, Mechanic): copy every leaf so that the donating train
+    # step never receives the same buffer twice.
+    model_state, opt_state = jax.tree.map(jnp.copy, (model_state, opt_state))
     train_step, eval_model_state, eval_step = _make_steps(
         gd_model, gd_model_eval, gd_opt, info.lr_fn, info.eval_params_fn)
 
@@ -640,6 +644,7 @@ def run(
             "restart_lr": float(r_lr) if int(s_step) >= 0 else None,
             "switch_reason": optax_autolr.SWITCH_REASONS[int(reason)],
         }
+    if is_autowu and cfg.plot:  # The posterior is only drawn, never reported.
         try:
             grid, res = _jit_posterior(
                 pure_opt, lengthscale=_AUTOWU_DEFAULTS["lengthscale"],
