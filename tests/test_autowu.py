@@ -53,6 +53,8 @@ def test_switch_after_optimum_and_restart_near_it(u_runner, noise, log10_opt):
   assert float(lrs[switch - 1]) > opt
   # ... and the restart LR lands within a factor 2 of the true optimum.
   ratio = float(state.restart_lr) / opt
+  print(f'noise={noise} optimum={opt:g} switch_step={switch} '
+        f'restart_lr={float(state.restart_lr):.4g} ratio={ratio:.2f}')
   assert 0.5 <= ratio <= 2.0, ratio
   assert float(lrs[switch]) == pytest.approx(float(state.restart_lr))
 
