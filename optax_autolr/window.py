@@ -114,5 +114,10 @@ def window_min(window: LossWindow) -> jax.Array:
 
 
 def window_num_losses(window: LossWindow) -> jax.Array:
-  """Total number of losses held by the window."""
-  return jnp.sum(window.counts)
+  """Total number of losses held by the window.
+
+  O(1): every bin but the newest holds ``bin_size`` losses.
+  """
+  last = jnp.maximum(window.num_bins - 1, 0)
+  full = last * window.bin_size
+  return jnp.where(window.num_bins > 0, full + window.counts[last], 0)
