@@ -51,7 +51,6 @@ import io
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -59,8 +58,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from experiments.machine import machine_info
+
 if __package__ in (None, ""):  # `python experiments/compare.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.machine import machine_info  # noqa: E402
 
 __all__ = ["RunSpec", "build_parser", "build_plan", "load_runs", "main", "render"]
 
@@ -269,29 +272,6 @@ def code_version() -> str:
             h.update(f.relative_to(REPO_ROOT).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = dict(nproc=os.cpu_count(), cpu=cpu, platform=platform.platform(),
-                                python=platform.python_version())
-    try:
-        import flax  # noqa: PLC0415
-        import jax  # noqa: PLC0415
-        import optax  # noqa: PLC0415
-
-        info.update(jax=jax.__version__, optax=optax.__version__, flax=flax.__version__,
-                    backend=jax.default_backend())
-    except ImportError:  # pragma: no cover
-        pass
-    return info
 
 
 def _now() -> str:

@@ -62,8 +62,6 @@ import datetime
 import functools
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -79,6 +77,7 @@ from flax import nnx
 import optax_autolr
 from optax_autolr import scaling
 from experiments.data import load_dataset, normalize_images
+from experiments.machine import machine_info
 from experiments.models import make_model
 
 FULL = dict(
@@ -544,20 +543,6 @@ def run_experiment(cfg, quick):
 # Output.
 # ----------------------------------------------------------------------------
 
-
-def machine_info():
-  cpu = 'unknown'
-  try:
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return dict(nproc=os.cpu_count(), cpu=cpu, python=platform.python_version(),
-              jax=jax.__version__, optax=optax.__version__,
-              backend=jax.default_backend(),
-              platform=platform.platform())
 
 
 def to_jsonable(obj):
