@@ -38,38 +38,88 @@ _GUARD_EMA_DECAY = 0.9
 _MAX_ABS_LOSS = 1e15
 
 
+# Layout of the packed scalar state (see ``AutoWUState``).
+INT_FIELDS = ('phase', 'positives', 'switch_step', 'switch_reason',
+               'num_bins', 'bin_size', 'last_count')
+FLOAT_FIELDS = ('lr', 'probability', 'argmin', 'restart_lr', 'loss_ema',
+                 'ema_min')
+_I = {name: i for i, name in enumerate(INT_FIELDS)}
+_F = {name: i for i, name in enumerate(FLOAT_FIELDS)}
+
+
+def _int_field(name):
+  index = _I[name]
+  return property(lambda self: self.ints[..., index],
+                  doc=f'int32 ``{name}`` (packed in ``ints``).')
+
+
+def _float_field(name):
+  index = _F[name]
+  return property(lambda self: self.floats[..., index],
+                  doc=f'float32 ``{name}`` (packed in ``floats``).')
+
+
 class AutoWUState(NamedTuple):
-  """State of :func:`autowu`; every leaf has a fixed shape and dtype.
+  """State of :func:`autowu`: four arrays of fixed shape and dtype.
+
+  The scalars are packed into one int32 and one float32 vector, and the loss
+  window into one ``[2, window_size]`` array: every leaf of an optimizer
+  state is a buffer passed in and out of every jitted train step, and every
+  separate scalar output a separate small kernel (on XLA:CPU, a few
+  microseconds each; see ``experiments/results/bench.md``). Read the values
+  through the named properties below (they also work on states stacked
+  along leading axes, e.g. by ``lax.scan``), or with :func:`get_lr`,
+  :func:`get_phase`, :func:`get_probability` and :func:`get_switch`.
 
   Attributes:
     count: int32, number of updates done so far (the step ``t``).
-    phase: int32, ``WARMUP`` (0) or ``DECAY`` (1); never goes back to 0.
-    lr: float32, the learning rate applied at the last update.
+    ints: int32 ``[7]``: ``phase``, ``positives``, ``switch_step``,
+      ``switch_reason``, and the window's ``num_bins``, ``bin_size``,
+      ``last_count``.
+    floats: float32 ``[6]``: ``lr``, ``probability``, ``argmin``,
+      ``restart_lr``, ``loss_ema``, ``ema_min``.
+    sums: float32 ``[2, window_size]``, the loss and step sums of the
+      window's bins (see :class:`~optax_autolr.window.LossWindow`).
+
+  Properties:
+    phase: ``WARMUP`` (0) or ``DECAY`` (1); never goes back to 0.
+    lr: the learning rate applied at the last update.
     window: the :class:`~optax_autolr.window.LossWindow` of warmup losses;
       frozen at the switch.
-    positives: int32, consecutive positive minimum tests.
-    probability: float32, past-minimum probability of the last test.
-    argmin: float32, position in ``[0, 1]`` of the last test's minimum.
-    switch_step: int32, step of the switch (``-1`` before it).
-    restart_lr: float32, the LR the decay starts from (0 before the switch).
-    switch_reason: int32, one of the keys of ``SWITCH_REASONS``.
-    loss_ema: float32, short EMA of the finite warmup losses (not bias
-      corrected; see ``window`` for the count).
-    ema_min: float32, smallest bias-corrected ``loss_ema`` so far.
+    positives: consecutive positive minimum tests.
+    probability: past-minimum probability of the last test.
+    argmin: position in ``[0, 1]`` of the last test's minimum.
+    switch_step: step of the switch (``-1`` before it).
+    restart_lr: the LR the decay starts from (0 before the switch).
+    switch_reason: one of the keys of ``SWITCH_REASONS``.
+    loss_ema: short EMA of the finite warmup losses (not bias corrected;
+      the window holds their number).
+    ema_min: smallest bias-corrected ``loss_ema`` so far.
   """
 
   count: jax.Array
-  phase: jax.Array
-  lr: jax.Array
-  window: window_lib.LossWindow
-  positives: jax.Array
-  probability: jax.Array
-  argmin: jax.Array
-  switch_step: jax.Array
-  restart_lr: jax.Array
-  switch_reason: jax.Array
-  loss_ema: jax.Array
-  ema_min: jax.Array
+  ints: jax.Array
+  floats: jax.Array
+  sums: jax.Array
+
+  phase = _int_field('phase')
+  positives = _int_field('positives')
+  switch_step = _int_field('switch_step')
+  switch_reason = _int_field('switch_reason')
+  lr = _float_field('lr')
+  probability = _float_field('probability')
+  argmin = _float_field('argmin')
+  restart_lr = _float_field('restart_lr')
+  loss_ema = _float_field('loss_ema')
+  ema_min = _float_field('ema_min')
+
+  @property
+  def window(self) -> window_lib.LossWindow:
+    """The loss window, as a :class:`~optax_autolr.window.LossWindow`."""
+    return window_lib.LossWindow(
+        sums=self.sums, num_bins=self.ints[..., _I['num_bins']],
+        bin_size=self.ints[..., _I['bin_size']],
+        last_count=self.ints[..., _I['last_count']])
 
 
 def _check_static(name, value):
@@ -233,7 +283,8 @@ def autowu(
     divergence_factor: see above, > 1; ``None`` disables the guard.
     window_size: capacity of the loss window (even, >= 8).
     grid_size: number of posterior grid points (>= 8).
-    lengthscale: RBF lengthscale as a fraction of the elapsed warmup, > 0.
+    lengthscale: RBF lengthscale as a fraction of the elapsed warmup,
+      >= 0.01 (the GP's cost grows like 1 / lengthscale).
     noise_floor: smallest per-bin noise-to-signal variance ratio, > 0.
 
   Returns:
@@ -293,7 +344,8 @@ def autowu(
   if window_size % 2:
     raise ValueError(f'`window_size` must be even, got {window_size}.')
   _check_positive_int('grid_size', grid_size, 8)
-  lengthscale = _check_float('lengthscale', lengthscale, 0.0, math.inf, True)
+  lengthscale = _check_float('lengthscale', lengthscale, gp.MIN_LENGTHSCALE,
+                             math.inf)
   noise_floor = _check_float('noise_floor', noise_floor, 0.0, 1.0, True)
 
   log_ratio = math.log(max_lr / min_lr)
@@ -329,22 +381,23 @@ def autowu(
     return (result.probability.astype(jnp.float32),
             result.argmin.astype(jnp.float32))
 
+  def pack(window, **values):
+    ints = jnp.stack([jnp.asarray(values[k], jnp.int32) if k in values else
+                      jnp.asarray(getattr(window, k), jnp.int32)
+                      for k in INT_FIELDS])
+    floats = jnp.stack([jnp.asarray(values[k], jnp.float32)
+                        for k in FLOAT_FIELDS])
+    return ints, floats
+
   def init_fn(params):
     del params
-    return AutoWUState(
-        count=jnp.zeros((), jnp.int32),
-        phase=jnp.asarray(WARMUP, jnp.int32),
-        lr=jnp.asarray(min_lr, jnp.float32),
-        window=window_lib.window_init(window_size),
-        positives=jnp.zeros((), jnp.int32),
-        probability=jnp.zeros((), jnp.float32),
-        argmin=jnp.zeros((), jnp.float32),
-        switch_step=jnp.asarray(-1, jnp.int32),
-        restart_lr=jnp.zeros((), jnp.float32),
-        switch_reason=jnp.asarray(NOT_SWITCHED, jnp.int32),
-        loss_ema=jnp.zeros((), jnp.float32),
-        ema_min=jnp.asarray(jnp.inf, jnp.float32),
-    )
+    window = window_lib.window_init(window_size)
+    ints, floats = pack(
+        window, phase=WARMUP, positives=0, switch_step=-1,
+        switch_reason=NOT_SWITCHED, lr=min_lr, probability=0.0, argmin=0.0,
+        restart_lr=0.0, loss_ema=0.0, ema_min=jnp.inf)
+    return AutoWUState(count=jnp.zeros((), jnp.int32), ints=ints,
+                       floats=floats, sums=window.sums)
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
@@ -364,11 +417,10 @@ def autowu(
     finite = jnp.isfinite(loss) & (jnp.abs(loss) <= _MAX_ABS_LOSS)
 
     # Loss window; frozen after the switch and never fed non-finite losses.
-    pushed = window_lib.window_push(state.window, jnp.where(finite, loss, 0.0),
-                                    t)
+    # One fused element-wise update, no branch (see window.py).
     keep = in_warmup & finite
-    window = jax.tree.map(lambda a, b: jnp.where(keep, a, b),
-                          pushed, state.window)
+    window = window_lib.window_push(state.window, jnp.where(finite, loss, 0.0),
+                                    t, accept=keep)
 
     num_losses = window_lib.window_num_losses(window)
     enough = num_losses >= _MIN_LOSSES_FOR_TEST
@@ -392,6 +444,8 @@ def autowu(
     # GP never extrapolates to a step whose loss was not finite.
     t_data = jnp.where(keep, t, jnp.maximum(t - 1, 0))
 
+    # The only branch of the step: the GP runs on test steps (and when the
+    # guard fires), never on the others.
     probability, argmin = jax.lax.cond(
         is_test | diverged | non_finite,
         run_test,
@@ -419,26 +473,18 @@ def autowu(
                         restart)
     switch_step = jnp.where(switch, t, state.switch_step)
     restart_lr = jnp.where(switch, restart, state.restart_lr)
-    phase = jnp.where(switch, DECAY, state.phase).astype(jnp.int32)
+    phase = jnp.where(switch, DECAY, state.phase)
     lr = jnp.where(phase == WARMUP, current_warmup_lr,
                    decay_lr(t, switch_step, restart_lr)).astype(jnp.float32)
 
     updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
-    new_state = AutoWUState(
-        count=optax.safe_int32_increment(t),
-        phase=phase,
-        lr=lr,
-        window=window,
-        positives=positives.astype(jnp.int32),
-        probability=probability.astype(jnp.float32),
-        argmin=argmin.astype(jnp.float32),
-        switch_step=switch_step.astype(jnp.int32),
-        restart_lr=restart_lr.astype(jnp.float32),
-        switch_reason=jnp.where(switch, reason,
-                                state.switch_reason).astype(jnp.int32),
-        loss_ema=loss_ema.astype(jnp.float32),
-        ema_min=ema_min.astype(jnp.float32),
-    )
+    ints, floats = pack(
+        window, phase=phase, positives=positives, switch_step=switch_step,
+        switch_reason=jnp.where(switch, reason, state.switch_reason),
+        lr=lr, probability=probability, argmin=argmin, restart_lr=restart_lr,
+        loss_ema=loss_ema, ema_min=ema_min)
+    new_state = AutoWUState(count=optax.safe_int32_increment(t), ints=ints,
+                            floats=floats, sums=window.sums)
     return updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

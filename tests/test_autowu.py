@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 import optax_autolr as oa
+from optax_autolr.autowu import FLOAT_FIELDS, INT_FIELDS
 
 T, SPE = 2000, 100
 WARMUP_STEPS = T // 2
@@ -324,3 +325,40 @@ def test_convenience_chains_train_a_small_model(make):
   assert losses[-1] < 0.5 * losses[0]
   # The update at step t = total_steps uses LR 0.
   assert float(oa.get_lr(optimizer.opt_state)) == 0.0
+
+
+def test_state_is_four_packed_arrays_with_named_properties():
+  tx = oa.autowu(200, 10, window_size=16)
+  state = tx.init({'w': jnp.zeros(2)})
+  # Few leaves: each is a buffer in and out of every jitted step.
+  assert [x.shape for x in jax.tree.leaves(state)] == [
+      (), (len(INT_FIELDS),), (len(FLOAT_FIELDS),),
+      (2, 16)]
+
+  def step(state, loss):
+    _, state = tx.update({'w': jnp.ones(2)}, state, value=loss)
+    return state, state
+
+  losses = jnp.concatenate([jnp.linspace(2.0, 1.0, 30),
+                            jnp.full(10, jnp.nan), jnp.ones(20)])
+  final, states = jax.jit(lambda s: jax.lax.scan(step, s, losses))(state)
+  # Properties read the packed values, also on states stacked by scan.
+  for name in INT_FIELDS[:4] + FLOAT_FIELDS:
+    stacked = np.asarray(getattr(states, name))
+    assert stacked.shape == (60,), name
+    np.testing.assert_array_equal(stacked[-1], getattr(final, name))
+  np.testing.assert_array_equal(states.phase,
+                                (np.arange(60) >= 30).astype(np.int32))
+  assert int(final.switch_reason) == oa.NON_FINITE
+  assert int(final.switch_step) == 30
+  # The window holds the 30 finite warmup losses, frozen at the switch.
+  counts = np.asarray(states.window.counts)
+  assert counts.shape == (60, 16)
+  np.testing.assert_array_equal(counts.sum(axis=1),
+                                np.minimum(np.arange(1, 61), 30))
+  assert int(oa.window.window_num_losses(final.window)) == 30
+  means, _ = oa.window.window_means(final.window)
+  mask = np.asarray(oa.window.window_mask(final.window))
+  np.testing.assert_allclose(
+      np.sum(means[mask] * np.asarray(final.window.counts)[mask]),
+      float(jnp.sum(losses[:30])), rtol=1e-6)

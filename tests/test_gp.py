@@ -1,6 +1,7 @@
 """Tests for the closed-form GP of the AutoWU minimum test."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -164,3 +165,91 @@ def test_constant_and_empty_curves_are_finite():
     assert np.isfinite(res.probability) and res.probability <= 0.5 + 1e-6
   res = gp.minimum_test(x, jnp.zeros(n), jnp.ones(n), jnp.zeros(n, bool))
   assert np.isfinite(res.probability) and float(res.argmin) == 0.0
+
+
+@pytest.mark.parametrize('lengthscale', [0.05, 0.2, 1.0])
+def test_features_reproduce_the_rbf_kernel(lengthscale):
+  rng = np.random.default_rng(0)
+  x = np.r_[0.0, 1.0, rng.uniform(0, 1, 300)]
+  dense = np.exp(-0.5 * ((x[:, None] - x[None]) / lengthscale) ** 2)
+  with jax.enable_x64(True):
+    phi = np.asarray(gp.rbf_features(jnp.asarray(x), lengthscale))
+    assert phi.dtype == np.float64
+  # The number of features is tiny (the kernel's numerical rank) ...
+  assert phi.shape[1] <= 4.5 / lengthscale + 5
+  # ... and they reproduce the kernel to round-off.
+  assert np.abs(phi @ phi.T - dense).max() < 1e-12
+  phi32 = np.asarray(gp.rbf_features(jnp.asarray(x, jnp.float32),
+                                     lengthscale), np.float64)
+  assert np.abs(phi32 @ phi32.T - dense).max() < 2e-6
+
+
+@pytest.mark.parametrize('lengthscale', [0.0, 0.005, -1.0, float('nan')])
+def test_too_small_lengthscale_raises(lengthscale):
+  with pytest.raises(ValueError, match='lengthscale'):
+    gp.rbf_features(jnp.linspace(0, 1, 8), lengthscale)
+
+
+def test_minimum_test_matches_a_dense_gp_on_a_full_window(x64):
+  """The feature-space test equals a dense O(W^3) GP on 256 merged bins."""
+  del x64
+  n = 256
+  rng = np.random.default_rng(3)
+  x = np.linspace(0, 1, n) + rng.uniform(-1e-3, 1e-3, n)
+  x = np.clip(x, 0, 1)
+  x[-1] = 1.0
+  counts = np.r_[np.full(n - 1, 4.0), 2.0]  # The newest bin is partial.
+  y = (2.3 * np.exp(-3 * x) + 2 * (x - 0.7) ** 2
+       + rng.normal(0, 0.05, n) / np.sqrt(counts))
+  res = jax.jit(gp.minimum_test)(x, y, counts, jnp.ones(n, bool))
+  # Dense reference at the fitted hyperparameters (standardized units).
+  mu, sd = y.mean(), y.std()
+  ys = (y - mu) / sd
+  s = float(res.hyperparams.signal_var)
+  noise = float(res.hyperparams.noise_var) / counts
+  ref_mean, ref_cov = _dense_posterior(x, ys, noise, np.asarray(res.grid), s,
+                                       0.0)
+  np.testing.assert_allclose(res.posterior.mean, mu + sd * ref_mean,
+                             rtol=1e-7, atol=1e-9)
+  np.testing.assert_allclose(res.posterior.var, sd**2 * np.diag(ref_cov),
+                             rtol=1e-5, atol=1e-10)
+  np.testing.assert_allclose(res.posterior.cov_last, sd**2 * ref_cov[:, -1],
+                             rtol=1e-5, atol=1e-10)
+  # The fit is the dense profile-likelihood optimum: no ratio on a fine grid
+  # does better (dense LML, signal variance profiled out).
+  cmax = counts.max()
+  kxx = np.exp(-0.5 * ((x[:, None] - x[None]) / LENGTHSCALE) ** 2)
+
+  def profile(ratio):
+    c = kxx + np.diag(ratio * cmax / counts)
+    chol = np.linalg.cholesky(c)
+    quad = ys @ np.linalg.solve(c, ys)
+    s_hat = quad / n
+    return -0.5 * (n + n * np.log(s_hat) + 2 * np.log(np.diag(chol)).sum()
+                   + n * np.log(2 * np.pi))
+
+  ratio = float(res.hyperparams.noise_var / res.hyperparams.signal_var / cmax)
+  np.testing.assert_allclose(profile(ratio), res.hyperparams.
+                             log_marginal_likelihood, rtol=1e-9)
+  best = max(profile(r) for r in np.geomspace(1e-4, 1e4, 2001))
+  assert float(res.hyperparams.log_marginal_likelihood) >= best - 1e-9
+
+
+def test_minimum_test_cost_is_linear_in_the_window():
+  """No W x W matrix anywhere: the only solvers act on W x m or m x m."""
+  n = 1024
+  jaxpr = jax.make_jaxpr(gp.minimum_test)(
+      jnp.linspace(0, 1, n), jnp.zeros(n), jnp.ones(n), jnp.ones(n, bool))
+  m = gp.rbf_features(jnp.zeros(1), 0.2).shape[1]
+  solver_shapes = []
+
+  def walk(jp):
+    for eqn in jp.eqns:
+      if eqn.primitive.name in ('eigh', 'eig', 'svd', 'cholesky', 'lu', 'qr',
+                                'triangular_solve', 'householder_product'):
+        solver_shapes.append(tuple(eqn.invars[0].aval.shape))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jaxpr.jaxpr)
+  assert solver_shapes == [(n, m)], solver_shapes

@@ -55,3 +55,17 @@ def test_empty_window_min_is_inf():
 def test_bad_capacity(capacity):
   with pytest.raises(ValueError, match='capacity'):
     wl.window_init(capacity)
+
+
+def test_rejected_push_changes_nothing_and_counts_follow_the_invariant():
+  w = wl.window_init(8)
+  push = jax.jit(wl.window_push)
+  for i in range(21):  # Two merges: bins of 4 losses.
+    w = push(w, jnp.float32(i), i)
+    same = push(w, jnp.float32(1e3), 99, False)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(w)):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(w.counts, [4, 4, 4, 4, 4, 1, 0, 0])
+  assert int(w.last_count) == 1 and int(w.bin_size) == 4
+  np.testing.assert_allclose(w.loss_sums[:6], [6, 22, 38, 54, 70, 20])
+  np.testing.assert_allclose(w.step_sums, w.loss_sums)
