@@ -446,6 +446,11 @@ def autowu(
 
     # The only branch of the step: the GP runs on test steps (and when the
     # guard fires), never on the others.
+    # Start the test only once the updates are computed: on CPU, a test
+    # overlapping the backward pass competes with its matmuls for the
+    # threads, and its chain of small kernels then waits at every step.
+    updates, window, t_data = jax.lax.optimization_barrier(
+        (updates, window, t_data))
     probability, argmin = jax.lax.cond(
         is_test | diverged | non_finite,
         run_test,

@@ -24,9 +24,10 @@ in float32 (the evaluation is stable: :math:`|T_i| \\le 1`, no inverse of
 an ill-conditioned Gram matrix), so the GP is the Bayesian linear regression
 :math:`f = \\phi^\\top w`, :math:`w \\sim \\mathcal{N}(0, s I_m)`, with
 :math:`m \\approx 4 / \\ell` features. With :math:`W = \\mathrm{diag}(c_j /
-c_{max})` and :math:`r = \\sigma^2 / (s\\, c_{max})`, one eigendecomposition
-of the :math:`m \\times m` matrix :math:`\\Phi^\\top W \\Phi` gives the marginal
-likelihood for *every* :math:`r` in :math:`O(m)` (the data's component
+c_{max})` and :math:`r = \\sigma^2 / (s\\, c_{max})`, one thin SVD of the
+:math:`n \\times m` matrix :math:`W^{1/2} \\Phi` (not an eigendecomposition of
+:math:`\\Phi^\\top W \\Phi`, which would square its condition number) gives the
+marginal likelihood for *every* :math:`r` in :math:`O(m)` (the data's component
 outside the feature span enters through its weighted residual), with the
 signal variance profiled out in closed form; the fit is a vectorized
 log-spaced search over :math:`r` refined by a few zoomed searches, and the
@@ -117,12 +118,6 @@ def _chebyshev_factor(lengthscale: float) -> np.ndarray:
   ``T(x)`` are the Chebyshev polynomials of the first kind at ``2x - 1``;
   the identity holds on ``[0, 1]^2`` to ~1e-14.
   """
-  if not (isinstance(lengthscale, (int, float)) and not isinstance(
-      lengthscale, bool) and math.isfinite(lengthscale)
-          and lengthscale >= MIN_LENGTHSCALE):
-    raise ValueError(
-        f'`lengthscale` must be a number >= {MIN_LENGTHSCALE} (a fraction of '
-        f'the [0, 1] axis), got {lengthscale!r}.')
   n = 16
   while True:
     # 2-D Chebyshev coefficients from the values at the n Chebyshev nodes.
@@ -159,6 +154,14 @@ def rbf_features(x: jax.Array, lengthscale: float) -> jax.Array:
   Returns:
     ``[n, m]`` array of the dtype of ``x`` (at least float32).
   """
+  if (isinstance(lengthscale, bool)
+      or not isinstance(lengthscale, (int, float, np.floating))):
+    raise TypeError('`lengthscale` must be a Python float (a static '
+                    f'argument), got {type(lengthscale).__name__}.')
+  if not (math.isfinite(lengthscale) and lengthscale >= MIN_LENGTHSCALE):
+    raise ValueError(
+        f'`lengthscale` must be a number >= {MIN_LENGTHSCALE} (a fraction of '
+        f'the [0, 1] axis), got {lengthscale!r}.')
   factor = _chebyshev_factor(float(lengthscale))
   x = jnp.asarray(x)
   dtype = jnp.promote_types(x.dtype, jnp.float32)
@@ -179,25 +182,53 @@ class _System(NamedTuple):
   rank: jax.Array  # Number of nonzero sigma.
 
 
+def _householder(a, num_steps):
+  """Applies ``num_steps`` Householder reflections to ``a`` (``[n, k]``).
+
+  Column ``j < num_steps`` is reduced to zero below its diagonal; the other
+  columns get the same orthogonal transformation ``Q^T``. Plain
+  ``jax.numpy`` (no LAPACK call): a few fused vector operations per step.
+  """
+  rows = jnp.arange(a.shape[0])
+  for j in range(num_steps):
+    x = jnp.where(rows >= j, a[:, j], 0.0)
+    norm = jnp.sqrt(jnp.sum(x * x))
+    alpha = jnp.where(x[j] > 0, -norm, norm)
+    v = x - jnp.where(rows == j, alpha, 0.0)
+    vv = jnp.sum(v * v)
+    beta = jnp.where(vv > 0, 2.0 / jnp.where(vv > 0, vv, 1.0), 0.0)
+    a = a - (beta * v)[:, None] * (v @ a)[None, :]
+  return a
+
+
 def _system(x, weights, yc, mask, lengthscale):
   """Weighted least-squares system of the masked data in feature space.
 
-  Uses the thin SVD of ``W^{1/2} Phi`` (not the eigendecomposition of
-  ``Phi^T W Phi``, which would square its condition number).
+  ``W^{1/2} [Phi, y]`` is first reduced to ``[R, c]`` by Householder QR (in
+  ``jax.numpy``: O(n m^2), n the number of bins), then the small ``R`` is
+  decomposed by SVD. This never forms ``Phi^T W Phi`` (which would square
+  the condition number), and the only LAPACK call is on an m x m matrix,
+  too small for a multithreaded BLAS to start its threads (on CPU those
+  threads would compete with the training step's own).
   """
   sqrt_w = jnp.sqrt(jnp.where(mask, weights, 0.0))
   ys = sqrt_w * jnp.where(mask, yc, 0.0)
   phi = rbf_features(x, lengthscale).astype(ys.dtype)
-  u, sv, vt = jnp.linalg.svd(sqrt_w[:, None] * phi, full_matrices=False)
+  m = phi.shape[1]
+  a = _householder(jnp.concatenate([sqrt_w[:, None] * phi, ys[:, None]],
+                                   axis=1), min(m, phi.shape[0]))
+  r, c = a[:m, :m], a[:m, m]
+  outside = jnp.sum(a[m:, m] ** 2)  # Part of y orthogonal to all features.
+  u, sv, vt = jnp.linalg.svd(r)
   # Singular values within round-off of zero carry no information: treat
   # them as exactly zero (their directions join the residual).
   tol = (max(phi.shape) * jnp.finfo(sv.dtype).eps
          * jnp.maximum(jnp.max(sv), 0.0))
   resolved = sv > tol
-  z = jnp.where(resolved, u.T @ ys, 0.0)
-  e = ys - u @ z
+  z = u.T @ c
   return _System(sigma=jnp.where(resolved, sv * sv, 0.0), vec=vt.T,
-                 h=sv * z, residual=jnp.sum(e * e),
+                 h=jnp.where(resolved, sv * z, 0.0),
+                 residual=outside + jnp.sum(jnp.where(resolved, 0.0, z * z)),
                  rank=jnp.sum(resolved))
 
 
