@@ -215,14 +215,16 @@ def _system(x, weights, yc, mask, lengthscale):
   ys = sqrt_w * jnp.where(mask, yc, 0.0)
   phi = rbf_features(x, lengthscale).astype(ys.dtype)
   m = phi.shape[1]
-  a = _householder(jnp.concatenate([sqrt_w[:, None] * phi, ys[:, None]],
-                                   axis=1), min(m, phi.shape[0]))
+  a = jnp.concatenate([sqrt_w[:, None] * phi, ys[:, None]], axis=1)
+  # Fewer bins than features: zero rows change nothing and make R m x m.
+  a = jnp.pad(a, ((0, max(0, m + 1 - a.shape[0])), (0, 0)))
+  a = _householder(a, m)
   r, c = a[:m, :m], a[:m, m]
   outside = jnp.sum(a[m:, m] ** 2)  # Part of y orthogonal to all features.
   u, sv, vt = jnp.linalg.svd(r)
   # Singular values within round-off of zero carry no information: treat
   # them as exactly zero (their directions join the residual).
-  tol = (max(phi.shape) * jnp.finfo(sv.dtype).eps
+  tol = (max(a.shape) * jnp.finfo(sv.dtype).eps
          * jnp.maximum(jnp.max(sv), 0.0))
   resolved = sv > tol
   z = u.T @ c

@@ -253,3 +253,23 @@ def test_minimum_test_cost_is_linear_in_the_window():
 
   walk(jaxpr.jaxpr)
   assert solver_shapes == [(m, m)], solver_shapes
+
+
+@pytest.mark.parametrize('n, capacity', [(5, 8), (12, 16), (12, 64)])
+def test_fewer_points_than_features_match_dense_numpy(x64, n, capacity):
+  del x64
+  x, y, counts, xp, yp, cp, mask = _data(7, n, capacity)
+  assert n < gp.rbf_features(jnp.zeros(1), LENGTHSCALE).shape[1]
+  xq = np.linspace(0, 1, 33)
+  post = gp.posterior(xp, yp, 0.05 / cp, xq, signal_var=0.7,
+                      lengthscale=LENGTHSCALE, mean=0.1,
+                      mask=jnp.asarray(mask))
+  ref_mean, ref_cov = _dense_posterior(x, y, 0.05 / counts, xq, 0.7, 0.1)
+  np.testing.assert_allclose(post.mean, ref_mean, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(post.var, np.diag(ref_cov), rtol=1e-5,
+                             atol=1e-9)
+  fit = gp.fit_hyperparams(xp, yp, cp, lengthscale=LENGTHSCALE, mean=0.1,
+                           mask=jnp.asarray(mask))
+  ours = -_neg_lml(np.log([fit.signal_var, fit.noise_var]), x, y, counts,
+                   0.1)
+  np.testing.assert_allclose(fit.log_marginal_likelihood, ours, rtol=1e-9)
