@@ -445,10 +445,10 @@ def autowu(
     t_data = jnp.where(keep, t, jnp.maximum(t - 1, 0))
 
     # The only branch of the step: the GP runs on test steps (and when the
-    # guard fires), never on the others.
-    # Start the test only once the updates are computed: on CPU, a test
-    # overlapping the backward pass competes with its matmuls for the
-    # threads, and its chain of small kernels then waits at every step.
+    # guard fires), never on the others. It starts once the updates are
+    # computed: on CPU a test overlapping the backward pass competes with its
+    # matmuls for the threads, and its chain of small kernels then waits at
+    # every step (measured: +4.8 ms instead of +0.8 ms per MLP test step).
     updates, window, t_data = jax.lax.optimization_barrier(
         (updates, window, t_data))
     probability, argmin = jax.lax.cond(
