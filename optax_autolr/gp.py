@@ -24,9 +24,10 @@ in float32 (the evaluation is stable: :math:`|T_i| \\le 1`, no inverse of
 an ill-conditioned Gram matrix), so the GP is the Bayesian linear regression
 :math:`f = \\phi^\\top w`, :math:`w \\sim \\mathcal{N}(0, s I_m)`, with
 :math:`m \\approx 4 / \\ell` features. With :math:`W = \\mathrm{diag}(c_j /
-c_{max})` and :math:`r = \\sigma^2 / (s\\, c_{max})`, one thin SVD of the
-:math:`n \\times m` matrix :math:`W^{1/2} \\Phi` (not an eigendecomposition of
-:math:`\\Phi^\\top W \\Phi`, which would square its condition number) gives the
+c_{max})` and :math:`r = \\sigma^2 / (s\\, c_{max})`, a Householder QR of the
+:math:`n \\times m` matrix :math:`W^{1/2} \\Phi` (in ``jax.numpy``) and an SVD of
+its :math:`m \\times m` factor R (never :math:`\\Phi^\\top W \\Phi`, which would
+square the condition number) give the
 marginal likelihood for *every* :math:`r` in :math:`O(m)` (the data's component
 outside the feature span enters through its weighted residual), with the
 signal variance profiled out in closed form; the fit is a vectorized
