@@ -201,7 +201,7 @@ class _Variant:
     import optax
     from flax import nnx
     import optax_autolr
-    from optax_autolr.autowu import FLOAT_FIELDS, INT_FIELDS
+    from optax_autolr._autowu import FLOAT_FIELDS, INT_FIELDS
     from experiments.models import make_model
 
     self.name, self.test_every = name, test_every

@@ -1,4 +1,4 @@
-"""Tests for optax_autolr.adamp."""
+"""Tests for optax_autolr.adamp (optax_autolr/_adamp.py)."""
 
 import math
 
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from optax_autolr.adamp import (
+from optax_autolr import (
     ScaleByAdamPState,
     adamp,
     scale_by_adamp,

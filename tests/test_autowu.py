@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import optax_autolr as oa
-from optax_autolr.autowu import FLOAT_FIELDS, INT_FIELDS
+from optax_autolr._autowu import FLOAT_FIELDS, INT_FIELDS
 
 T, SPE = 2000, 100
 WARMUP_STEPS = T // 2

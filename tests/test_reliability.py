@@ -19,7 +19,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import optax_autolr as oa
-from optax_autolr.autowu import FLOAT_FIELDS, lr_hyperparams
+from optax_autolr._autowu import FLOAT_FIELDS
+from optax_autolr import lr_hyperparams
 
 SMALL = dict(window_size=16, grid_size=32)
 

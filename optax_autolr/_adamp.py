@@ -195,7 +195,7 @@ def scale_by_adamp(
   Example:
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> from optax_autolr.adamp import scale_by_adamp
+    >>> from optax_autolr import scale_by_adamp
     >>> tx = optax.chain(scale_by_adamp(weight_decay=1e-2),
     ...                  optax.scale_by_learning_rate(1e-3))
     >>> params = {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}
@@ -316,7 +316,7 @@ def adamp(
     >>> import jax.numpy as jnp
     >>> import optax
     >>> from flax import nnx
-    >>> from optax_autolr.adamp import adamp
+    >>> from optax_autolr import adamp
     >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)),
     ...                        nnx.LayerNorm(8, rngs=nnx.Rngs(0)),
     ...                        nnx.Linear(8, 1, rngs=nnx.Rngs(0)))
@@ -370,7 +370,7 @@ def scale_invariance_report(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from optax_autolr.adamp import scale_invariance_report
+    >>> from optax_autolr import scale_invariance_report
     >>> w = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     >>> g = jnp.array([[0.0, 1.0], [1.0, 0.0]])  # orthogonal to each column
     >>> int(scale_invariance_report({'k': g}, {'k': w})['k'])

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_autolr.adamp import adamp as _adamp
+from optax_autolr._adamp import adamp as _adamp
 from optax_autolr import gp
 from optax_autolr import window as window_lib
 
@@ -653,7 +653,7 @@ def lr_hyperparams(state: Any) -> dict[str, jax.Array]:
   Example:
     >>> import optax
     >>> import optax_autolr
-    >>> from optax_autolr.autowu import lr_hyperparams
+    >>> from optax_autolr import lr_hyperparams
     >>> tx = optax.chain(optax.lamb(1.0), optax_autolr.autowu(1000, 50))
     >>> state = tx.init({'w': jax.numpy.ones(3)})
     >>> {k: float(v) for k, v in lr_hyperparams(state).items()}
