@@ -53,7 +53,7 @@ from optax_autolr.scaling import track_noise_scale
 from optax_autolr.scaling import transfer_lr
 from optax_autolr.window import LossWindow
 
-__version__ = '0.2.0'
+__version__ = '0.3.0'
 
 __all__ = [
     'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DIVERGED', 'LossWindow',
