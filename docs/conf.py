@@ -49,6 +49,8 @@ exclude_patterns = ['_build', 'Thumbs.db', '.DS_Store']
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+# 'Properties:' (of a NamedTuple's computed fields) reads like 'Args:'.
+napoleon_custom_sections = [('Properties', 'params_style')]
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'signature'
 autodoc_preserve_defaults = True
