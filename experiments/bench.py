@@ -63,6 +63,8 @@ import time
 
 import numpy as np
 
+from experiments import cli
+
 NUM_EXAMPLES = 60_000  # Fashion-MNIST training set.
 BUDGET_EPOCHS = 30  # Budget that sets the default test cadence.
 DENSE_TEST_EVERY = 8
@@ -746,18 +748,29 @@ def write_report(res, path_md):
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = cli.ArgumentParser(prog='python -m experiments.bench',
+                         description=__doc__.split('\n')[0])
   p.add_argument('--quick', action='store_true',
                  help='smoke run in < 1 min (few steps, small windows)')
-  p.add_argument('--out-dir', default=None,
+  p.add_argument('--out-dir', type=cli.output_dir, default=None,
                  help='default: experiments/results (full run), a temporary '
                       'folder (--quick)')
-  p.add_argument('--from-json', default=None, metavar='PATH',
+  p.add_argument('--from-json', type=cli.existing_file, default=None,
+                 metavar='PATH',
                  help='re-render the report of an earlier run from its json')
   args = p.parse_args(argv)
   if args.from_json:
-    with open(args.from_json) as f:
-      res = json.load(f)
+    with cli.usage_errors(p):
+      try:
+        with open(args.from_json) as f:
+          res = json.load(f)
+        missing = {'steps', 'latency'} - set(res)
+        if missing:
+          raise KeyError(', '.join(sorted(missing)))
+      except (ValueError, KeyError, TypeError) as e:
+        raise cli.UsageError(
+            f'argument --from-json: {args.from_json} is not a bench json of '
+            f'this script ({type(e).__name__}: {e})') from None
     for run in res['steps']:
       run.update(step_stats(run))
     res['epoch_fractions'] = epoch_fractions(res['steps'], res['latency'])

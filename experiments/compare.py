@@ -58,11 +58,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.machine import machine_info
-
 if __package__ in (None, ""):  # `python experiments/compare.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments import cli  # noqa: E402
 from experiments.machine import machine_info  # noqa: E402
 
 __all__ = ["RunSpec", "build_parser", "build_plan", "load_runs", "main", "render"]
@@ -1034,30 +1033,21 @@ def _autowu_defaults(records: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _floats(s: str) -> list[float]:
+def _subset(s: str) -> tuple[int, ...]:
+    if s.strip().lower() == "none":
+        return ()  # Explicitly no subset.
+    want = "N_TRAIN,N_TEST (integers >= 1) or 'none'"
+    parts = s.split(",")
     try:
-        return [float(v) for v in s.replace(",", " ").split()]
+        out = tuple(int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers, got {s!r}") from None
-
-
-def _ints(s: str) -> list[int]:
-    try:
-        out = [int(v) for v in s.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers, got {s!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("empty list")
+        raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}") from None
+    if len(out) != 2 or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}")
     return out
 
 
-def _subset(s: str) -> tuple[int, ...]:
-    if s.lower() == "none":
-        return ()  # Explicitly no subset.
-    parts = s.split(",")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected N_TRAIN,N_TEST or 'none', got {s!r}")
-    return int(parts[0]), int(parts[1])
+_subset.__name__ = _subset.__qualname__ = "subset"
 
 
 def _names(choices: tuple[str, ...]):
@@ -1067,33 +1057,43 @@ def _names(choices: tuple[str, ...]):
             return []
         bad = [v for v in vals if v not in choices]
         if bad:
-            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad)} (choose from {', '.join(choices)})")
         return vals
+
+    parse.__name__ = parse.__qualname__ = "names"
     return parse
 
 
+_positive_ints = cli.list_of(cli.integer(1))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m experiments.compare",
         description="AutoWU vs a tuned warmup-cosine LAMB grid vs Optax's LR-free methods "
                     "(MLP, Fashion-MNIST). List options take one or more values, space- or "
                     "comma-separated (--seeds 0 1 2 or --seeds 0,1,2).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("sweep (defaults: the full sweep; --quick changes them)")
-    g.add_argument("--batch-sizes", type=_ints, nargs="+", default=None,
+    g.add_argument("--batch-sizes", type=_positive_ints, nargs="+", default=None,
                    help="short-budget batch sizes (default 1024,4096,8192; quick 256)")
-    g.add_argument("--short-epochs", type=int, default=None, help="default 20 (quick 2)")
-    g.add_argument("--long-epochs", type=int, default=None,
+    g.add_argument("--short-epochs", type=cli.integer(1), default=None,
+                   help="default 20 (quick 2)")
+    g.add_argument("--long-epochs", type=cli.integer(1), default=None,
                    help="long budget in epochs (default: no long budget), e.g. 60")
-    g.add_argument("--long-batch-sizes", type=_ints, nargs="+", default=None,
+    g.add_argument("--long-batch-sizes", type=_positive_ints, nargs="+", default=None,
                    help="batch sizes of the long budget (default: --batch-sizes)")
     g.add_argument("--long-grid", action=argparse.BooleanOptionalAction, default=True,
                    help="run the grid at the long budget too (default: yes)")
-    g.add_argument("--seeds", type=_ints, nargs="+", default=None, help="default 0")
-    g.add_argument("--grid-peaks", type=_floats, nargs="+", default=None,
+    g.add_argument("--seeds", type=cli.list_of(cli.integer()), nargs="+", default=None,
+                   help="default 0")
+    g.add_argument("--grid-peaks", type=cli.list_of(cli.number(0, low_open=True)), nargs="+",
+                   default=None,
                    help="peak LRs of the grid (default 10^-3 .. 10^-0.5 every 0.5 decade; "
                         "quick 0.01,0.1)")
-    g.add_argument("--grid-warmups", type=_floats, nargs="+", default=None,
+    g.add_argument("--grid-warmups",
+                   type=cli.list_of(cli.number(0, 1, high_open=True)), nargs="+", default=None,
                    help="warmup fractions of the grid (default 0.05,0.2; quick 0.05)")
     g.add_argument("--no-grid", action="store_true", help="skip the grid")
     g.add_argument("--autowu", type=_names(AUTOWU_METHODS), nargs="+", default=None,
@@ -1104,12 +1104,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--subset", type=_subset, default=None, metavar="N_TRAIN,N_TEST|none",
                    help="use the first examples only (default none; quick 2048,512)")
     g.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
-    g.add_argument("--data-dir", default=None, help="dataset directory (default: system path)")
+    g.add_argument("--data-dir", type=cli.existing_dir, default=None,
+                   help="dataset directory (default: system path)")
     g.add_argument("--quick", action="store_true",
                    help="smoke test (< 1 min): 2048/512 examples, B=256, 2 epochs, grid 2x1, "
                         "2 LR-free methods")
     r = p.add_argument_group("running")
-    r.add_argument("--max-minutes", type=float, default=None,
+    r.add_argument("--max-minutes", type=cli.number(0), default=None,
                    help="stop launching new runs after this wall time; tables from what is there")
     r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip runs already in the runs file (same key and code version)")
@@ -1118,16 +1119,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="print the ordered plan and what the runs file holds; no training")
     o = p.add_argument_group("output")
-    o.add_argument("--out-dir", default=None,
+    o.add_argument("--out-dir", type=cli.output_dir, default=None,
                    help="where compare.md/.png (and the runs file) go (default "
                         "experiments/results; quick: $TMPDIR/optax_autolr_compare_quick)")
     o.add_argument("--runs-file", default=None,
                    help="JSON-lines runs file (default <out-dir>/compare_runs.jsonl)")
-    o.add_argument("--run-dir", default=None,
+    o.add_argument("--run-dir", type=cli.output_dir, default=None,
                    help="per-run training outputs (default runs/compare; quick <out-dir>/runs)")
-    o.add_argument("--from-jsonl", default=None, metavar="PATH",
+    o.add_argument("--from-jsonl", type=cli.existing_file, default=None, metavar="PATH",
                    help="no training: re-render compare.md/.png from a runs file")
-    o.add_argument("--tie-pp", type=float, default=0.5,
+    o.add_argument("--tie-pp", type=cli.number(0), default=0.5,
                    help="accuracy differences below this many percentage points are ties in "
                         "the generated summary")
     return p
@@ -1152,13 +1153,63 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _check_options(opts: dict[str, Any], args: argparse.Namespace) -> None:
+    """The checks that need more than one flag (before any import of JAX)."""
+    if args.long_batch_sizes and not args.long_epochs:
+        raise cli.UsageError("argument --long-batch-sizes: needs --long-epochs")
+    subset = opts["subset"]
+    if subset:
+        sizes = list(opts["batch_sizes"]) + (
+            list(opts["long_batch_sizes"] or []) if opts["long_epochs"] else [])
+        big = sorted({b for b in sizes if b > subset[0]})
+        if big:
+            flag = "--long-batch-sizes" if set(big) - set(opts["batch_sizes"]) else "--batch-sizes"
+            given = "--subset" if args.subset else "--subset of --quick"
+            raise cli.UsageError(
+                f"argument {flag}: {', '.join(map(str, big))} larger than the {subset[0]} "
+                f"training examples that {given} {subset[0]},{subset[1]} keeps")
+
+
+def _check_plan(plan: list[RunSpec], setting: dict[str, Any], data_dir: str | None) -> None:
+    """Builds each planned run's optimizer from its flags, as the train CLI checks them."""
+    from experiments import train  # noqa: PLC0415  (imports jax)
+
+    n_train = None
+    if data_dir is None:  # The standard copy: its size is known without loading it.
+        n_train = train.STANDARD_TRAIN_SIZES[setting["dataset"]]
+        if setting.get("subset"):
+            n_train = min(n_train, setting["subset"][0])
+    seen = set()
+    for spec in plan:
+        cfg = train.TrainConfig(**spec.train_config(setting), data_dir=data_dir)
+        key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            train.check_config(cfg, n_train)
+        except cli.UsageError as e:
+            raise cli.UsageError(
+                f"planned run {spec.describe()}: {e}\nchange the sweep's flags, or leave the "
+                "method out (--autowu, --lr-free, --no-grid)") from None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """CLI entry point; returns paths, counts and the aggregated cells."""
+    """CLI entry point; returns paths, counts and the aggregated cells.
+
+    A user error prints two lines to stderr and exits with status 2 (see
+    :mod:`experiments.cli`), before any training where the flags alone show it.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.long_batch_sizes and not args.long_epochs:
-        parser.error("--long-batch-sizes needs --long-epochs")
+    with cli.usage_errors(parser):
+        return _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    if not args.from_jsonl:
+        _check_options(_options(args), args)
     t0 = time.perf_counter()
     command = "python -m experiments.compare" + (" " + shlex.join(argv) if argv else "")
     if args.out_dir is not None:
@@ -1170,7 +1221,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     if args.from_jsonl:
-        records = load_runs(args.from_jsonl)
+        records = [r for r in load_runs(args.from_jsonl) if isinstance(r, dict)
+                   and {"method", "budget", "epochs", "batch_size", "seed"} <= set(r)]
+        if not records:
+            raise cli.UsageError(f"argument --from-jsonl: no run records of this script in "
+                                 f"{args.from_jsonl}")
         layout, records = layout_from_records(records)
         machines = [r["machine"] for r in records if r.get("machine")]
         sweeps = collections.OrderedDict()
@@ -1198,6 +1253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     default_cell = (schedules.DEFAULT_PEAK_LR[GRID_SCHEDULE], train.TrainConfig().warmup_fraction)
     plan = build_plan(opts, default_cell)
+    _check_plan(plan, setting, args.data_dir)
     layout = layout_from_plan(plan, opts, setting)
     meta = dict(command=command, date=_now(), machine=machine_info(),
                 code_version=code_version(), runs_file=str(runs_path), quick=args.quick)
@@ -1213,9 +1269,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{len(plan)} runs; code version {meta['code_version']}; runs file {runs_path}")
         return dict(plan=plan, counts=None)
 
-    counts = sweep(plan, setting, runs_path, run_dir, meta, resume=args.resume,
-                   reuse_other_code=args.reuse_other_code, max_minutes=args.max_minutes,
-                   t0=t0, data_dir=args.data_dir)
+    from experiments import data as data_lib  # noqa: PLC0415
+
+    try:
+        counts = sweep(plan, setting, runs_path, run_dir, meta, resume=args.resume,
+                       reuse_other_code=args.reuse_other_code, max_minutes=args.max_minutes,
+                       t0=t0, data_dir=args.data_dir)
+    except data_lib.DatasetNotFoundError as e:
+        raise cli.UsageError(f"argument --data-dir: {e.brief}") from None
     keys = {run_key(s.train_config(setting)) for s in plan}
     records = [r for r in load_runs(runs_path) if r.get("key") in keys and (
         args.reuse_other_code or r.get("code_version") == meta["code_version"])]

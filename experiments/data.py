@@ -196,7 +196,13 @@ NORM_STATS: dict[str, tuple[Any, Any]] = {
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """No source for the requested dataset was found; the message says how to get it."""
+    """No source for the requested dataset was found; the message says how to get it.
+
+    ``brief``: the same in two lines (what was tried; how to get it), for
+    command lines.
+    """
+
+    brief: str = ""
 
 
 class Dataset(NamedTuple):
@@ -253,7 +259,12 @@ def _how_to_get(name: str) -> str:
 
 def _not_found(name: str, tried: list[str]) -> DatasetNotFoundError:
     msg = f"Dataset {name!r} not found. Tried:\n" + "\n".join(f"  - {t}" for t in tried)
-    return DatasetNotFoundError(msg + "\n" + _how_to_get(name))
+    err = DatasetNotFoundError(msg + "\n" + _how_to_get(name))
+    ways = [line.strip(" *") for line in _how_to_get(name).splitlines()[1:]]
+    ways[-1] = ways[-1].removeprefix("or ")
+    err.brief = (f"dataset {name!r} not found ({'; '.join(tried)})\n"
+                 f"to get it: {'; or '.join(ways)}")
+    return err
 
 
 def _find_idx_files(directory: Path) -> tuple[dict[str, Path], list[str]]:

@@ -76,7 +76,9 @@ from flax import nnx
 
 import optax_autolr
 from optax_autolr import scaling
-from experiments.data import load_dataset, normalize_images
+from experiments import cli
+from experiments.data import (DatasetNotFoundError, load_dataset,
+                              normalize_images)
 from experiments.machine import machine_info
 from experiments.models import make_model
 
@@ -1030,16 +1032,34 @@ def load_results(path):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  """CLI entry point; a user error prints two lines and exits with status 2."""
+  p = cli.ArgumentParser(prog='python -m experiments.surge',
+                         description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true',
                  help='tiny smoke run (3 batch sizes, 3 LRs, < 60 s)')
-  p.add_argument('--out-dir', default=None,
+  p.add_argument('--out-dir', type=cli.output_dir, default=None,
                  help='default: experiments/results (full run) or '
                       '$TMPDIR/optax_autolr_surge_quick (--quick)')
-  p.add_argument('--from-json', default=None, metavar='PATH',
+  p.add_argument('--from-json', type=cli.existing_file, default=None,
+                 metavar='PATH',
                  help='no training: re-render md/png/json from the raw '
                       'numbers of a previous run (its surge.json)')
   args = p.parse_args(argv)
+  with cli.usage_errors(p):
+    return _main(args)
+
+
+def _main(args):
+  if args.from_json:
+    try:
+      results, meta = load_results(args.from_json)
+      missing = {'config', 'command'} - set(meta)
+      if missing:
+        raise KeyError(', '.join(sorted(missing)))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise cli.UsageError(
+          f'argument --from-json: {args.from_json} is not a surge.json of '
+          f'this script ({type(e).__name__}: {e})') from None
   if args.out_dir is None:
     out = (Path(tempfile.gettempdir()) / 'optax_autolr_surge_quick'
            if args.quick else Path(__file__).parent / 'results')
@@ -1048,7 +1068,6 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   if args.from_json:
-    results, meta = load_results(args.from_json)
     cfg = meta['config']
     args.quick = '--quick' in meta['command']
     meta['rendered'] = dict(
@@ -1057,7 +1076,10 @@ def main(argv=None):
             timespec='seconds'))
   else:
     cfg = dict(QUICK if args.quick else FULL)
-    results, meta = run_experiment(cfg, args.quick)
+    try:
+      results, meta = run_experiment(cfg, args.quick)
+    except DatasetNotFoundError as e:
+      raise cli.UsageError(e.brief) from None
     meta['machine'] = machine_info()
     meta['date'] = datetime.datetime.now().astimezone().isoformat(
         timespec='seconds')

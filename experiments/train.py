@@ -31,6 +31,7 @@ import functools
 import inspect
 import json
 import math
+import re
 import sys
 import time
 import warnings
@@ -47,14 +48,18 @@ import optax
 from flax import nnx
 
 import optax_autolr
+from experiments import cli
 from experiments import data as data_lib
 from experiments import models as models_lib
 from experiments import schedules as schedules_lib
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_EPOCHS",
+    "STANDARD_TRAIN_SIZES",
     "TrainConfig",
     "build_parser",
+    "check_config",
     "config_from_args",
     "main",
     "run",
@@ -129,48 +134,38 @@ class TrainConfig:
 # ---------------------------------------------------------------------------
 
 
-def _test_every(s: str) -> int | str:
-    if s.lower() == "epoch":
-        return "epoch"
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'epoch', got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _divergence_factor(s: str) -> float | None:
-    if s.lower() == "none":
-        return None
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float > 1 or 'none', got {s!r}") from None
-    if not v > 1:
-        raise argparse.ArgumentTypeError(f"must be > 1, got {v}")
-    return v
-
-
 def _subset(s: str) -> tuple[int | None, int | None]:
+    want = "N_TRAIN,N_TEST (integers >= 1; one may be empty: the whole split)"
     parts = s.split(",")
     if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected N_TRAIN,N_TEST, got {s!r}")
+        raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}")
     try:
         out = tuple(int(p) if p.strip() else None for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers N_TRAIN,N_TEST, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}") from None
     if any(n is not None and n < 1 for n in out):
-        raise argparse.ArgumentTypeError(f"subset sizes must be >= 1, got {s!r}")
+        raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}")
     return out  # type: ignore[return-value]
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+_subset.__name__ = _subset.__qualname__ = "subset"
+
+
+def _dataset(s: str) -> str:
+    try:
+        return data_lib._canonical_name(s)  # noqa: SLF001 - accepts the aliases too.
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {s!r} (choose from {', '.join(DATASETS)})") from None
+
+
+_dataset.__name__ = _dataset.__qualname__ = "dataset"
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10")
+"""The ``--dataset`` choices (see :func:`experiments.data.load_dataset`)."""
+
+STANDARD_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000}
+"""Training-set sizes of the system / TFDS copies (a --data-dir may differ)."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -184,7 +179,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m experiments.train",
         description="Train an MLP/CNN on Fashion-MNIST with AutoWU or a baseline schedule.",
         formatter_class=_HelpFormatter,
@@ -194,48 +189,53 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME", help="one of: " + ", ".join(schedules_lib.SCHEDULES))
     g.add_argument("--model", default=d.model, choices=("mlp", "cnn"),
                    help="MLP (512-256) or small CNN with BatchNorm")
-    g.add_argument("--dataset", default=d.dataset,
+    g.add_argument("--dataset", type=_dataset, default=d.dataset,
                    help="fashion_mnist, mnist or cifar10 (see experiments/data.py)")
-    g.add_argument("--data-dir", default=d.data_dir,
+    g.add_argument("--data-dir", type=cli.existing_dir, default=d.data_dir,
                    help="directory with the dataset files (default: system path, then TFDS)")
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+    g.add_argument("--batch-size", type=cli.integer(1), default=d.batch_size,
                    help="training batch size (the last partial batch is dropped)")
-    g.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size,
+    g.add_argument("--eval-batch-size", type=cli.integer(1), default=d.eval_batch_size,
                    help="test-set batch size")
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
-    g.add_argument("--seed", type=int, default=d.seed,
+    g.add_argument("--epochs", type=cli.integer(1), default=d.epochs, help="training epochs")
+    g.add_argument("--seed", type=cli.integer(), default=d.seed,
                    help="seed of the initialization and the data order")
-    g.add_argument("--peak-lr", type=float, default=d.peak_lr,
+    g.add_argument("--peak-lr", type=cli.number(0, low_open=True), default=d.peak_lr,
                    help="peak LR of the warmup_cosine_* schedules, LR of schedule_free_adamw "
                         "and reduce_on_plateau, base LR of mechanize_lamb "
                         "(default: per schedule, see experiments/schedules.py)")
-    g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction,
-                   help="linear warmup fraction of warmup_cosine_* and schedule_free_adamw")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    g.add_argument("--warmup-fraction", type=cli.number(0, 1, high_open=True),
+                   default=d.warmup_fraction,
+                   help="linear warmup fraction of warmup_cosine_* and schedule_free_adamw, "
+                        "in [0, 1)")
+    g.add_argument("--weight-decay", type=cli.number(0), default=d.weight_decay,
                    help="decoupled weight decay (kernels only where the optimizer takes a mask)")
     g.add_argument("--subset", type=_subset, default=None, metavar="N_TRAIN,N_TEST",
                    help="use only the first examples (smoke tests)")
     g.add_argument("--normalize", default=d.normalize, choices=("unit", "standardize"),
                    help="input scaling: [0, 1] or standardized with the dataset statistics")
     a = p.add_argument_group("AutoWU (autowu_* schedules)")
-    a.add_argument("--test-every", type=_test_every, default=d.test_every,
+    a.add_argument("--test-every", type=cli.integer(1, words=("epoch",)), default=d.test_every,
                    help="steps between minimum tests, or 'epoch' (the authors' rule); "
                         "default: the library's (1/40 of the max warmup, at most an epoch)")
-    a.add_argument("--divergence-factor", type=_divergence_factor,
+    a.add_argument("--divergence-factor",
+                   type=cli.number(1, low_open=True, none=True),
                    default=d.divergence_factor, help="float > 1, or 'none' to disable the guard")
-    a.add_argument("--max-warmup-fraction", type=float, default=d.max_warmup_fraction,
-                   help="longest warmup, as a fraction of the total steps")
+    a.add_argument("--max-warmup-fraction",
+                   type=cli.number(0, 1, low_open=True, high_open=True),
+                   default=d.max_warmup_fraction,
+                   help="longest warmup, as a fraction of the total steps, in (0, 1)")
     a.add_argument("--decay", default=d.decay, choices=("cosine", "constant_cosine"),
                    help="decay after the switch")
     o = p.add_argument_group("output")
-    o.add_argument("--out-dir", default=None,
+    o.add_argument("--out-dir", type=cli.output_dir, default=None,
                    help="output directory (default: runs/<schedule>_b<batch-size>_s<seed>)")
     o.add_argument("--no-plot", dest="plot", action="store_false", help="skip summary.png")
     o.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="skip the TensorBoard events in <out-dir>/tb")
     o.add_argument("--quiet", action="store_true",
                    help="no progress bars or per-epoch lines (the summary line is printed)")
-    o.add_argument("--checkpoint-dir", default=None,
+    o.add_argument("--checkpoint-dir", type=cli.output_dir, default=None,
                    help="save model + optimizer state (orbax) after every epoch")
     o.add_argument("--resume", action="store_true",
                    help="resume from the latest checkpoint in --checkpoint-dir")
@@ -247,12 +247,96 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+# Arguments of optax_autolr.autowu / schedules.make_optimizer -> the flag that sets them.
+_FLAG_OF = {
+    "test_every": "--test-every",
+    "max_warmup_fraction": "--max-warmup-fraction",
+    "divergence_factor": "--divergence-factor",
+    "decay": "--decay",
+    "warmup_fraction": "--warmup-fraction",
+    "weight_decay": "--weight-decay",
+    "peak_lr": "--peak-lr",
+}
+
+
+def check_config(cfg: TrainConfig, n_train: int | None = None) -> None:
+    """Raises :class:`~experiments.cli.UsageError` if the flags cannot make a run.
+
+    The checks that need more than one flag: ``--resume`` without
+    ``--checkpoint-dir``, a batch larger than the training set and, given
+    ``n_train`` (the training examples after ``--subset``), the optimizer
+    built from the flags (its own validation, e.g. a warmup shorter than one
+    step). The message names the flags.
+    """
+    if cfg.resume and not cfg.checkpoint_dir:
+        raise cli.UsageError("argument --resume: needs --checkpoint-dir")
+    sub_train = cfg.subset[0] if cfg.subset is not None else None
+    if sub_train is not None and cfg.batch_size > sub_train:
+        raise cli.UsageError(
+            f"argument --batch-size: {cfg.batch_size} is larger than the {sub_train} training "
+            f"examples that --subset {sub_train},{cfg.subset[1] or ''} keeps; pass "
+            f"--batch-size {sub_train} or less, or a larger --subset")
+    if cfg.checkpoint_dir and not cfg.resume:
+        ckpt_dir = Path(cfg.checkpoint_dir).expanduser()
+        if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+            raise cli.UsageError(  # The same check as in run(), before loading anything.
+                f"argument --checkpoint-dir: {cfg.checkpoint_dir} already holds checkpoints: "
+                "pass --resume to continue that run, or choose another --checkpoint-dir")
+    if n_train is None:
+        return
+    if cfg.batch_size > n_train:
+        where = f"--data-dir {cfg.data_dir}" if cfg.data_dir is not None else cfg.dataset
+        raise cli.UsageError(
+            f"argument --batch-size: {cfg.batch_size} is larger than the {n_train} training "
+            f"examples of {where}; pass --batch-size {n_train} or less")
+    steps_per_epoch = data_lib.num_batches(n_train, cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = cfg.schedule.lower().replace("-", "_")
+    try:
+        schedules_lib.make_optimizer(
+            schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+            peak_lr=cfg.peak_lr, warmup_fraction=cfg.warmup_fraction,
+            weight_decay=cfg.weight_decay,
+            autowu_kwargs=(cfg.autowu_kwargs(steps_per_epoch)
+                           if schedule in schedules_lib.AUTOWU_SCHEDULES else None))
+    except (ValueError, TypeError) as e:
+        msg = " ".join(str(e).split())
+        flags = [f for name, f in _FLAG_OF.items()  # `name`, or a bare snake_case name.
+                 if f"`{name}`" in msg or ("_" in name and re.search(rf"\b{name}\b", msg))]
+        raise cli.UsageError(
+            f"argument {'/'.join(flags) or '--epochs/--batch-size'}: {msg} (--schedule "
+            f"{schedule}: {total_steps} total steps = --epochs {cfg.epochs} x "
+            f"{steps_per_epoch} steps per epoch of --batch-size {cfg.batch_size})") from None
+
+
+def _load_for_cli(cfg: TrainConfig) -> data_lib.Dataset:
+    try:
+        return data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.subset)
+    except data_lib.DatasetNotFoundError as e:
+        flag = "--data-dir" if cfg.data_dir is not None else "--dataset"
+        raise cli.UsageError(f"argument {flag}: {e.brief}") from None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """CLI entry point; returns the result dict of :func:`run`."""
-    args = build_parser().parse_args(argv)
-    if args.resume and not args.checkpoint_dir:
-        build_parser().error("--resume needs --checkpoint-dir")
-    return run(config_from_args(args))
+    """CLI entry point; returns the result dict of :func:`run`.
+
+    A user error (see :mod:`experiments.cli`) prints two lines to stderr and
+    exits with status 2; those detectable from the flags alone (and the
+    standard dataset sizes) before loading the data or compiling anything.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with cli.usage_errors(parser):
+        cfg = config_from_args(args)
+        known = None
+        if cfg.data_dir is None and cfg.dataset in STANDARD_TRAIN_SIZES:
+            known = STANDARD_TRAIN_SIZES[cfg.dataset]
+            if cfg.subset is not None and cfg.subset[0] is not None:
+                known = min(known, cfg.subset[0])
+        check_config(cfg, known)
+        dataset = _load_for_cli(cfg)
+        check_config(cfg, len(dataset.train_x))
+        return run(cfg, dataset=dataset)
 
 
 # ---------------------------------------------------------------------------
@@ -483,7 +567,8 @@ def run(
     n_train = len(dataset.train_x)
     steps_per_epoch = data_lib.num_batches(n_train, cfg.batch_size)
     if steps_per_epoch < 1:
-        raise ValueError(f"batch size {cfg.batch_size} > {n_train} training examples")
+        raise cli.UsageError(f"argument --batch-size: {cfg.batch_size} is larger than the "
+                             f"{n_train} training examples")
     total_steps = steps_per_epoch * cfg.epochs
 
     schedule = cfg.schedule.lower().replace("-", "_")
@@ -533,8 +618,9 @@ def run(
     ckpt = _Checkpointer(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt is not None and not cfg.resume and ckpt.manager.latest_step() is not None:
         ckpt.close()
-        raise ValueError(f"{cfg.checkpoint_dir} already holds checkpoints: pass --resume "
-                         "to continue that run, or choose another --checkpoint-dir")
+        raise cli.UsageError(f"argument --checkpoint-dir: {cfg.checkpoint_dir} already holds "
+                             "checkpoints: pass --resume to continue that run, or choose "
+                             "another --checkpoint-dir")
     if ckpt is not None and cfg.resume:
         restored = ckpt.restore(model_state, opt_state)
         if restored is None:
