@@ -123,8 +123,9 @@ def _steps_per_epoch(batch):
 
 
 def _default_test_every(total_steps, steps_per_epoch):
-  warmup_steps = int(math.floor(0.5 * total_steps))
-  return max(1, min(steps_per_epoch, warmup_steps // 40))
+  """The library's default cadence (one definition: the library's)."""
+  import optax_autolr
+  return optax_autolr.default_test_every(total_steps, steps_per_epoch)
 
 
 def _entry(text):
@@ -203,7 +204,6 @@ class _Variant:
     import optax
     from flax import nnx
     import optax_autolr
-    from optax_autolr._autowu import FLOAT_FIELDS, INT_FIELDS
     from experiments.models import make_model
 
     self.name, self.test_every = name, test_every
@@ -230,16 +230,13 @@ class _Variant:
       cap, bin_size = s.window.capacity, 2
       steps = np.linspace(0.0, spe - 1.0, cap, dtype=np.float32)
       curve = _window_curve(cap) - _window_curve(cap)[-1] + loss0
-      ints = np.asarray(s.ints.get_value()).copy()
-      floats = np.asarray(s.floats.get_value()).copy()
-      for k, v in (('num_bins', cap), ('bin_size', bin_size),
-                   ('last_count', bin_size)):
-        ints[INT_FIELDS.index(k)] = v
-      for k in ('loss_ema', 'ema_min'):
-        floats[FLOAT_FIELDS.index(k)] = loss0
-      s.sums.set_value(jnp.asarray(np.stack([curve, steps]) * bin_size))
-      s.ints.set_value(jnp.asarray(ints))
-      s.floats.set_value(jnp.asarray(floats))
+      w = s.window
+      for field, v in (('num_bins', cap), ('bin_size', bin_size),
+                       ('last_count', bin_size)):
+        getattr(w, field).set_value(jnp.asarray(v, jnp.int32))
+      for field in ('loss_ema', 'ema_min'):
+        getattr(s, field).set_value(jnp.asarray(loss0, jnp.float32))
+      w.sums.set_value(jnp.asarray(np.stack([curve, steps]) * bin_size))
       self.t = spe
       s.count.set_value(jnp.asarray(self.t, jnp.int32))
     uses_value = test_every is not None

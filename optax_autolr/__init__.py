@@ -21,11 +21,15 @@ from optax_autolr._autowu import AutoWUState
 from optax_autolr._autowu import autowu
 from optax_autolr._autowu import autowu_adamp
 from optax_autolr._autowu import autowu_lamb
+from optax_autolr._autowu import check_restored
 from optax_autolr._autowu import CONFIDENT_MINIMUM
 from optax_autolr._autowu import DECAY
+from optax_autolr._autowu import default_test_every
 from optax_autolr._autowu import DIVERGED
 from optax_autolr._autowu import find_autowu_state
+from optax_autolr._autowu import find_autowu_states
 from optax_autolr._autowu import get_lr
+from optax_autolr._autowu import get_metrics
 from optax_autolr._autowu import get_phase
 from optax_autolr._autowu import get_probability
 from optax_autolr._autowu import get_switch
@@ -58,7 +62,8 @@ __version__ = '0.3.0'
 __all__ = [
     'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DIVERGED', 'LossWindow',
     'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
-    'adamp', 'autowu', 'autowu_adamp', 'autowu_lamb', 'scale_by_adamp',
+    'adamp', 'autowu', 'autowu_adamp', 'autowu_lamb', 'check_restored',
+    'default_test_every', 'find_autowu_states', 'get_metrics', 'scale_by_adamp',
     'scale_invariance_report', 'ScaleByAdamPState', 'find_autowu_state', 'get_lr', 'get_phase',
     'get_probability', 'get_switch', 'gp', 'loss_curve_posterior',
     'lr_hyperparams', 'window',

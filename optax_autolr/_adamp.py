@@ -6,12 +6,15 @@ Scale-invariant Weights" (ICLR 2021, arXiv 2006.08217).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from optax_autolr import _checks
 
 __all__ = [
     "ScaleByAdamPState",
@@ -46,10 +49,16 @@ def _concrete_float(x) -> Optional[float]:
     return None
 
 
-def _check(name: str, value, ok: Callable[[float], bool], allowed: str):
-  v = _concrete_float(value)
-  if v is not None and not (math.isfinite(v) and ok(v)):
-    raise ValueError(f"`{name}` must satisfy {allowed}, got {value!r}.")
+def _check_hyperparams(b1, b2, eps, delta, wd_ratio, weight_decay, nesterov):
+  """Validates AdamP's hyperparameters at construction (traced ones pass)."""
+  check = functools.partial(_checks.check_float, static=False)
+  check("b1", b1, 0.0, 1.0, high_open=True)
+  check("b2", b2, 0.0, 1.0, high_open=True)
+  check("eps", eps, 0.0, math.inf, low_open=True)
+  check("delta", delta, 0.0, math.inf, low_open=True)
+  check("wd_ratio", wd_ratio, 0.0, 1.0)
+  check("weight_decay", weight_decay, 0.0, math.inf)
+  _checks.check_bool("nesterov", nesterov)
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -209,12 +218,7 @@ def scale_by_adamp(
     Scale-invariant Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
     Official code: https://github.com/clovaai/AdamP
   """
-  _check("b1", b1, lambda v: 0.0 <= v < 1.0, "0 <= b1 < 1")
-  _check("b2", b2, lambda v: 0.0 <= v < 1.0, "0 <= b2 < 1")
-  _check("eps", eps, lambda v: v > 0.0, "eps > 0")
-  _check("delta", delta, lambda v: v > 0.0, "delta > 0")
-  _check("wd_ratio", wd_ratio, lambda v: 0.0 <= v <= 1.0, "0 <= wd_ratio <= 1")
-  _check("weight_decay", weight_decay, lambda v: v >= 0.0, "weight_decay >= 0")
+  _check_hyperparams(b1, b2, eps, delta, wd_ratio, weight_decay, nesterov)
   if mu_dtype is not None:
     mu_dtype = jnp.dtype(mu_dtype)
   no_decay = _concrete_float(weight_decay) == 0.0
@@ -293,7 +297,8 @@ def adamp(
     w_{t+1} = w_t - \eta_t \left(\Pi(p_t) + \lambda\, r\, w_t\right).
 
   Args:
-    learning_rate: A float or an optax schedule (a function of the step).
+    learning_rate: A float ``>= 0`` or an optax schedule (a function of the
+      step).
     b1: Decay rate of the first moment, in ``[0, 1)``.
     b2: Decay rate of the second moment, in ``[0, 1)``.
     eps: Term added to the denominator (and used in the projection), ``> 0``.
@@ -330,6 +335,9 @@ def adamp(
     Heo et al., `AdamP: Slowing Down the Slowdown for Momentum Optimizers on
     Scale-invariant Weights <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
   """
+  if not callable(learning_rate):
+    _checks.check_float("learning_rate", learning_rate, 0.0, math.inf,
+                        static=False)
   return optax.chain(
       scale_by_adamp(
           b1=b1,

@@ -487,3 +487,39 @@ def test_flax_nnx_optimizer():
 
   losses = [float(train_step(model, opt)) for _ in range(5)]
   assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(b1="0.9"), TypeError, "b1"),
+        (dict(weight_decay="x"), TypeError, "weight_decay"),
+        (dict(nesterov="yes"), TypeError, "nesterov"),
+        (dict(eps=None), TypeError, "eps"),
+        (dict(delta=-0.1), ValueError, "delta"),
+        (dict(wd_ratio=1.5), ValueError, "wd_ratio"),
+    ],
+)
+def test_bad_hyperparameters_raise_at_construction(kwargs, error, name):
+    with pytest.raises(error, match=f"`{name}`"):
+        scale_by_adamp(**kwargs)
+    with pytest.raises(error, match=f"`{name}`"):
+        adamp(1e-3, **kwargs)
+
+
+@pytest.mark.parametrize("lr, error", [("1e-3", TypeError), (-1.0, ValueError)])
+def test_bad_learning_rate_raises_at_construction(lr, error):
+    with pytest.raises(error, match="`learning_rate`"):
+        adamp(lr)
+
+
+def test_numpy_and_schedule_hyperparameters_are_accepted():
+    params = {"w": jnp.ones((2, 2))}
+    for tx in (
+        adamp(np.float32(1e-3), b1=np.float64(0.9), weight_decay=np.float32(0.0)),
+        adamp(optax.constant_schedule(1e-3), b2=jnp.float32(0.99)),
+        optax.inject_hyperparams(adamp)(learning_rate=1e-3, b1=0.9),
+    ):
+        state = tx.init(params)
+        updates, _ = tx.update(params, state, params)
+        assert np.all(np.isfinite(updates["w"]))

@@ -11,7 +11,6 @@ import pytest
 from flax import nnx
 
 import optax_autolr as oa
-from optax_autolr._autowu import FLOAT_FIELDS, INT_FIELDS
 
 T, SPE = 2000, 100
 WARMUP_STEPS = T // 2
@@ -161,7 +160,8 @@ def test_authors_rule_tests_once_an_epoch():
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(total_steps=1), 'total_steps'),
-    (dict(total_steps=10.5), 'total_steps'),
+    (dict(steps_per_epoch=1001), 'steps_per_epoch'),
+    (dict(test_every=501), 'test_every'),
     (dict(steps_per_epoch=0), 'steps_per_epoch'),
     (dict(min_lr=0.0), 'min_lr'),
     (dict(min_lr=-1.0), 'min_lr'),
@@ -191,9 +191,44 @@ def test_bad_arguments_raise_at_construction(kwargs, match):
     oa.autowu(**args)
 
 
-def test_bad_argument_type():
-  with pytest.raises(TypeError, match='min_lr'):
-    oa.autowu(100, 10, min_lr='small')
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(min_lr='small'), 'min_lr'),
+    (dict(total_steps=10.5), 'total_steps'),
+    (dict(patience=True), 'patience'),
+    (dict(confidence='0.9'), 'confidence'),
+    (dict(max_lr=jnp.float32(1.0)), 'max_lr'),
+])
+def test_bad_argument_type(kwargs, match):
+  args = dict(total_steps=1000, steps_per_epoch=10)
+  args.update(kwargs)
+  with pytest.raises(TypeError, match=match):
+    oa.autowu(**args)
+
+
+def test_numpy_scalars_are_accepted():
+  tx = oa.autowu(np.int64(1000), np.int32(10), min_lr=np.float32(1e-5),
+                 test_every=np.int64(5), confidence=np.float64(0.9))
+  state = tx.init({'w': jnp.zeros(2)})
+  assert int(state.total_steps) == 1000
+  _, state = tx.update({'w': jnp.ones(2)}, state, value=jnp.float32(1.0))
+  assert float(state.lr) == pytest.approx(1e-5)
+
+
+def test_messages_name_the_argument_and_the_range():
+  with pytest.raises(ValueError) as e:
+    oa.autowu(100, 200)
+  assert str(e.value) == (
+      '`steps_per_epoch` must be an integer in [1, 100], got 200.')
+  with pytest.raises(ValueError) as e:
+    oa.autowu(1000, 10, test_every=600)  # Maximal warmup: 500 steps.
+  assert str(e.value) == '`test_every` must be an integer in [1, 500], got 600.'
+  with pytest.raises(ValueError, match=r'in \(0.0, 1.0\), got 1.5'):
+    oa.autowu(1000, 10, max_warmup_fraction=1.5)
+
+
+def test_tests_too_rare_for_patience_warn():
+  with pytest.warns(UserWarning, match='never by a confident minimum'):
+    oa.autowu(100, 20, test_every=20)  # 3 tests need 60 > 50 warmup steps.
 
 
 def test_missing_or_non_scalar_value():
@@ -282,7 +317,7 @@ def test_helpers_find_state_in_nested_chains():
   assert float(oa.get_probability(state)) == 0.0
   step, lr, reason = oa.get_switch(state)
   assert int(step) == -1 and int(reason) == oa.NOT_SWITCHED
-  with pytest.raises(ValueError, match='exactly one'):
+  with pytest.raises(ValueError, match='no AutoWUState'):
     oa.get_lr(optax.lamb(1.0).init({'w': jnp.zeros(2)}))
 
 
@@ -327,13 +362,21 @@ def test_convenience_chains_train_a_small_model(make):
   assert float(oa.get_lr(optimizer.opt_state)) == 0.0
 
 
-def test_state_is_four_packed_arrays_with_named_properties():
+SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
+                 'switch_step', 'restart_lr', 'switch_reason', 'loss_ema',
+                 'ema_min', 'total_steps', 'warmup_steps', 'lengthscale',
+                 'noise_floor', 'grid_size')
+
+
+def test_state_is_flat_named_scalars_and_the_window():
   tx = oa.autowu(200, 10, window_size=16)
   state = tx.init({'w': jnp.zeros(2)})
-  # Few leaves: each is a buffer in and out of every jitted step.
-  assert [x.shape for x in jax.tree.leaves(state)] == [
-      (), (len(INT_FIELDS),), (len(FLOAT_FIELDS),),
-      (2, 16)]
+  assert state._fields == SCALAR_FIELDS[:11] + ('window',) + SCALAR_FIELDS[11:]
+  for name in SCALAR_FIELDS:
+    assert getattr(state, name).shape == (), name
+  assert state.window.sums.shape == (2, 16)
+  # optax's own tree helpers see the named fields.
+  assert float(optax.tree_utils.tree_get(state, 'lr')) == pytest.approx(1e-5)
 
   def step(state, loss):
     _, state = tx.update({'w': jnp.ones(2)}, state, value=loss)
@@ -342,8 +385,7 @@ def test_state_is_four_packed_arrays_with_named_properties():
   losses = jnp.concatenate([jnp.linspace(2.0, 1.0, 30),
                             jnp.full(10, jnp.nan), jnp.ones(20)])
   final, states = jax.jit(lambda s: jax.lax.scan(step, s, losses))(state)
-  # Properties read the packed values, also on states stacked by scan.
-  for name in INT_FIELDS[:4] + FLOAT_FIELDS:
+  for name in SCALAR_FIELDS:
     stacked = np.asarray(getattr(states, name))
     assert stacked.shape == (60,), name
     np.testing.assert_array_equal(stacked[-1], getattr(final, name))

@@ -1,0 +1,108 @@
+"""Reading AutoWU's decision back: posterior, metrics, paths, restores."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_autolr as oa
+
+
+def _u_losses(n=400, bottom=150, seed=0):
+  t = np.arange(n)
+  u = np.where(t < bottom, 2.0 - t / bottom,
+               1.0 + 0.5 * ((t - bottom) / 50.0)**2)
+  return jnp.asarray(
+      u + 0.01 * np.random.default_rng(seed).standard_normal(n), jnp.float32)
+
+
+def _run(tx, losses):
+  state = tx.init({'w': jnp.zeros(2)})
+
+  def step(state, loss):
+    _, state = tx.update({'w': jnp.ones(2)}, state, value=loss)
+    return state, None
+
+  return jax.jit(lambda s: jax.lax.scan(step, s, losses)[0])(state)
+
+
+@pytest.mark.parametrize('kwargs', [
+    {}, {'noise_floor': 0.05, 'lengthscale': 0.3, 'grid_size': 64}])
+def test_posterior_reproduces_the_switch_decision(kwargs):
+  state = _run(oa.autowu(1000, 20, test_every=5, **kwargs), _u_losses())
+  assert int(state.switch_reason) == oa.CONFIDENT_MINIMUM
+  steps, result = oa.loss_curve_posterior(state)
+  # Same constants as the transformation, read from the state: same numbers.
+  np.testing.assert_allclose(result.probability, state.probability,
+                             rtol=1e-6)
+  np.testing.assert_allclose(result.argmin, state.argmin, rtol=1e-6)
+  assert steps.shape == (kwargs.get('grid_size', 256),)
+  assert float(steps[-1]) == pytest.approx(float(state.switch_step))
+
+
+def test_posterior_under_jit_needs_explicit_constants():
+  state = oa.autowu(100, 10).init({'w': jnp.zeros(2)})
+  with pytest.raises(TypeError, match='lengthscale'):
+    jax.jit(lambda s: oa.loss_curve_posterior(s)[1].argmin)(state)
+  out = jax.jit(lambda s: oa.loss_curve_posterior(
+      s, lengthscale=0.2, grid_size=32, noise_floor=1e-4)[1].argmin)(state)
+  assert np.isfinite(out)
+
+
+def test_metrics_for_logging():
+  state = _run(oa.autowu(1000, 20, test_every=5), _u_losses())
+  m = oa.get_metrics(optax.chain(optax.identity()).init(None) + (state,))
+  assert m['phase'] == 'decay'
+  assert m['switch_reason'] == 'confident minimum'
+  assert m['step'] == 400 and isinstance(m['step'], int)
+  assert m['restart_lr'] == pytest.approx(float(state.restart_lr))
+  assert set(m) == {'step', 'lr', 'phase', 'probability', 'positives',
+                    'switch_step', 'restart_lr', 'switch_reason'}
+
+
+def test_repr_shows_named_values():
+  state = _run(oa.autowu(1000, 20, test_every=5), _u_losses())
+  text = repr(state)
+  assert text.startswith('AutoWUState(count=400, phase=\'decay\'')
+  assert "switch_reason='confident minimum'" in text
+  assert 'losses in' in text and 'Array' not in text
+  # Stacked (scan) states fall back to the arrays.
+  stacked = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+  assert 'Array' in repr(stacked)
+
+
+def test_two_autowu_states_need_a_path():
+  tx = optax.multi_transform(
+      {'enc': optax.chain(optax.lamb(1.0), oa.autowu(100, 10)),
+       'dec': optax.chain(optax.adam(1.0), oa.autowu(200, 10, min_lr=1e-4))},
+      {'x': 'enc', 'y': 'dec'})
+  state = tx.init({'x': jnp.ones(2), 'y': jnp.ones(2)})
+  found = oa.find_autowu_states(state)
+  assert len(found) == 2
+  with pytest.raises(ValueError, match=r"pass `path=`.*") as e:
+    oa.get_lr(state)
+  assert "['enc']" in str(e.value) and "['dec']" in str(e.value)
+  assert float(oa.get_lr(state, path="['dec']")) == pytest.approx(1e-4)
+  assert float(oa.get_lr(state, path="['enc']")) == pytest.approx(1e-5)
+  assert oa.get_metrics(state, path='dec')['lr'] == pytest.approx(1e-4)
+  with pytest.raises(ValueError, match="no AutoWUState at a path"):
+    oa.get_lr(state, path='nothing')
+
+
+def test_restoring_into_another_budget_warns():
+  params = {'w': jnp.zeros(2)}
+  old = optax.chain(optax.lamb(1.0), oa.autowu(1000, 10)).init(params)
+  same = optax.chain(optax.lamb(1.0), oa.autowu(1000, 10)).init(params)
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert oa.check_restored(old, same) == []
+  new_tx = optax.chain(optax.lamb(1.0), oa.autowu(2000, 10))
+  with pytest.warns(UserWarning, match='total_steps: state 1000'):
+    diffs = oa.check_restored(old, new_tx.init(params))
+  assert any('warmup_steps' in d for d in diffs)
+  # An eager update with the mismatched state warns too.
+  with pytest.warns(UserWarning, match='another configuration'):
+    new_tx.update(params, old, params, value=1.0)
