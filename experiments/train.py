@@ -495,11 +495,16 @@ class _Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         state = restored["state"]
+        fresh_opt = nnx.as_pure(opt_state)
         nnx.replace_by_pure_dict(model_state, nnx.to_pure_dict(state["model"])
                                  if isinstance(state["model"], nnx.State) else state["model"])
         nnx.replace_by_pure_dict(opt_state, nnx.to_pure_dict(state["opt"])
                                  if isinstance(state["opt"], nnx.State) else state["opt"])
-        return model_state, opt_state, restored["meta"]
+        meta = dict(restored["meta"])
+        # Warns when the checkpoint's AutoWU was built for another budget.
+        meta["autowu_config_diffs"] = optax_autolr.check_restored(
+            nnx.as_pure(opt_state), fresh_opt)
+        return model_state, opt_state, meta
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -628,7 +633,8 @@ def run(
         else:
             model_state, opt_state, meta = restored
             start_epoch = int(meta["epoch"])
-            if meta.get("total_steps") not in (None, total_steps):
+            if (meta.get("total_steps") not in (None, total_steps)
+                    and not meta["autowu_config_diffs"]):
                 warnings.warn(
                     f"resuming a run made for {meta['total_steps']} steps with "
                     f"{total_steps} total steps: the schedule changes", stacklevel=2)

@@ -12,6 +12,7 @@ single definitions that the plots and the benchmarks share.
 import functools
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -578,16 +579,12 @@ _CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
                   'grid_size')
 
 
-def _config_mismatch(cfg_values: dict[str, Any], state: AutoWUState
+def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
                      ) -> list[str]:
   """``'name: state x, transformation y'`` for every differing constant."""
-  diffs = []
-  for name in _CONFIG_FIELDS:
-    ours = np.asarray(getattr(state, name)).item()
-    theirs = cfg_values[name]
-    if not math.isclose(ours, theirs, rel_tol=1e-6):
-      diffs.append(f'{name}: state {ours:g}, transformation {theirs:g}')
-  return diffs
+  return [f'{name}: state {state_values[name]:g}, transformation '
+          f'{ours[name]:g}' for name in _CONFIG_FIELDS
+          if not math.isclose(state_values[name], ours[name], rel_tol=1e-6)]
 
 
 def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
@@ -595,7 +592,9 @@ def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
   leaves = [getattr(state, n) for n in _CONFIG_FIELDS]
   if any(isinstance(x, jax.core.Tracer) or np.ndim(x) for x in leaves):
     return  # Under jit (or a stacked state): see check_restored.
-  diffs = _config_mismatch(cfg._asdict(), state)
+  diffs = _config_mismatch(
+      cfg._asdict(), {n: np.asarray(getattr(state, n)).item()
+                      for n in _CONFIG_FIELDS})
   if diffs:
     warnings.warn('autowu: the state was made for another configuration ('
                   + '; '.join(diffs) + '); the transformation\'s wins.',
@@ -847,6 +846,27 @@ def lr_hyperparams(state: Any, path: str | None = None
   return {'learning_rate': get_lr(state, path)}
 
 
+def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
+  """The constants of every AutoWU state in ``tree``, by path.
+
+  Finds :class:`AutoWUState` nodes and their dict forms (``nnx.State`` of a
+  split ``nnx.Optimizer``, an Orbax restore without a target).
+  """
+  def is_node(x):
+    return isinstance(x, AutoWUState) or (
+        isinstance(x, Mapping) and all(n in x for n in _CONFIG_FIELDS))
+
+  def value(node, name):
+    v = getattr(node, name) if isinstance(node, AutoWUState) else node[name]
+    v = v.get_value() if hasattr(v, 'get_value') else v  # nnx.Variable
+    return np.asarray(v).item()
+
+  found = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]
+  return {jax.tree_util.keystr(path): {n: value(node, n)
+                                        for n in _CONFIG_FIELDS}
+          for path, node in found if is_node(node)}
+
+
 def check_restored(restored: Any, fresh: Any) -> list[str]:
   """Warns when a restored state was made by an ``autowu`` of another config.
 
@@ -854,6 +874,8 @@ def check_restored(restored: Any, fresh: Any) -> list[str]:
   script builds now; if that ``tx`` has another ``total_steps`` (or warmup,
   lengthscale, ...), training goes on under the new constants, which is
   rarely what was meant. Call this after restoring, outside ``jax.jit``.
+  Both arguments may also be the dict forms of optimizer states (an
+  ``nnx.State``, an Orbax restore without a target).
 
   Args:
     restored: the restored optimizer state.
@@ -863,14 +885,12 @@ def check_restored(restored: Any, fresh: Any) -> list[str]:
     The differences found (also issued as one ``UserWarning``), ``[]`` if
     none.
   """
-  new = find_autowu_states(fresh)
+  new = _config_nodes(fresh)
   diffs = []
-  for key, old_state in find_autowu_states(restored).items():
+  for key, old in _config_nodes(restored).items():
     if key in new:
-      values = {n: np.asarray(getattr(new[key], n)).item()
-                for n in _CONFIG_FIELDS}
       diffs += [f'{key}: {d}' if len(new) > 1 else d
-                for d in _config_mismatch(values, old_state)]
+                for d in _config_mismatch(new[key], old)]
   if diffs:
     warnings.warn('the restored AutoWU state was made for another '
                   'configuration: ' + '; '.join(diffs), stacklevel=2)

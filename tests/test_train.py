@@ -175,3 +175,16 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, small_dataset):
                                full["test_accuracy_per_epoch"])
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == list(range(4))
+
+
+def test_resume_into_another_budget_warns(tmp_path, small_dataset):
+    pytest.importorskip("orbax.checkpoint")
+    ckpt = tmp_path / "ckpt"
+    cfg = train.TrainConfig(schedule="autowu_lamb", batch_size=256, epochs=2,
+                            subset=(512, 128), quiet=True, plot=False, tensorboard=False,
+                            out_dir=str(tmp_path / "run"), checkpoint_dir=str(ckpt))
+    train.run(cfg, small_dataset)
+    shutil.rmtree(ckpt / "2")
+    longer = dataclasses.replace(cfg, resume=True, epochs=4)
+    with pytest.warns(UserWarning, match="total_steps: state 4, transformation 8"):
+        train.run(longer, small_dataset)
