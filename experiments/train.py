@@ -527,10 +527,6 @@ def _init_model(name: str, num_classes: int, in_shape: tuple[int, ...]):
         name, nnx.Rngs(key), num_classes=num_classes, in_shape=in_shape))
 
 
-_jit_posterior = jax.jit(optax_autolr.loss_curve_posterior,
-                         static_argnames=("lengthscale", "grid_size"))
-
-
 def _as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
     if isinstance(config, TrainConfig):
         return dataclasses.replace(config)
@@ -738,9 +734,8 @@ def run(
         }
     if is_autowu and cfg.plot:  # The posterior is only drawn, never reported.
         try:
-            grid, res = _jit_posterior(
-                pure_opt, lengthscale=_AUTOWU_DEFAULTS["lengthscale"],
-                grid_size=_AUTOWU_DEFAULTS["grid_size"])
+            # The GP constants come from the state (compiled once per run).
+            grid, res = optax_autolr.loss_curve_posterior(pure_opt)
             grid, m, v = (np.asarray(a, np.float64) for a in
                           jax.device_get((grid, res.posterior.mean, res.posterior.var)))
             if np.all(np.isfinite(m)) and np.all(np.isfinite(v)):

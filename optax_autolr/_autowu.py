@@ -263,6 +263,11 @@ def minimum_test(window: window_lib.LossWindow, last_step: jax.Array, *,
                          noise_floor=noise_floor)
 
 
+# Eager calls (plots, logging) compile once per set of constants.
+_jit_minimum_test = jax.jit(
+    minimum_test, static_argnames=('lengthscale', 'grid_size', 'noise_floor'))
+
+
 def _test_branch(cfg: _Config, window, t_data, probability, argmin):
   del probability, argmin
   result = minimum_test(window, t_data, lengthscale=cfg.lengthscale,
@@ -907,8 +912,9 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   After the switch the window is frozen, so this is the posterior the switch
   decision was based on: with the state's own ``lengthscale``, ``grid_size``
   and ``noise_floor`` (the defaults), its ``probability`` and ``argmin``
-  equal the state's. Reading them needs a concrete state: under ``jax.jit``
-  pass all three.
+  equal the state's. Reading them needs a concrete state, so call it outside
+  ``jax.jit`` (it is compiled internally, once per set of constants); under
+  ``jax.jit`` pass all three.
 
   Args:
     state: an optimizer state holding an :class:`AutoWUState`.
@@ -939,8 +945,8 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   last = jnp.where((s.phase == DECAY) & (s.switch_reason == NON_FINITE),
                    s.switch_step - 1, last)
   last = jnp.maximum(last, 1)
-  result = minimum_test(s.window, last,
-                        lengthscale=float(given['lengthscale']),
-                        grid_size=int(given['grid_size']),
-                        noise_floor=float(given['noise_floor']))
+  result = _jit_minimum_test(s.window, last,
+                             lengthscale=float(given['lengthscale']),
+                             grid_size=int(given['grid_size']),
+                             noise_floor=float(given['noise_floor']))
   return result.grid * last.astype(jnp.float32), result

@@ -1,0 +1,208 @@
+"""Packed vs flat AutoWU state: what the layout of the state costs per step.
+
+0.2.0 packed AutoWU's scalars into ``ints[7]`` / ``floats[6]`` arrays (four
+leaves in all) on the argument that every leaf is a buffer in and out of
+every train step; 0.3.0 uses a flat ``NamedTuple`` of named fields (17
+leaves, 20 with the window's). This measures both in one process,
+interleaved, on the same inputs:
+
+* the jitted AutoWU update alone (4-element params), and
+* a full train step (LAMB + AutoWU, non-test steps) of the MLP at B = 1024 and
+  the CNN at B = 128 / 256,
+
+reporting the median over rounds of the paired ratio flat / packed and, as
+the noise floor, the same ratio of the packed step against a second copy of
+itself. The packed implementation is the library at commit ``PACKED_COMMIT``,
+read with ``git show`` into a temporary package ``optax_autolr_packed``, so
+the command needs a git checkout::
+
+    python -m experiments.bench_layout            # ~3-5 min on 2 CPU cores
+    python -m experiments.bench_layout --quick    # smoke run, ~1 min
+
+Writes ``experiments/results/bench_layout.md`` (``--quick``: a temporary
+folder).
+"""
+
+import argparse
+import importlib
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+if __package__ in (None, ''):  # `python experiments/bench_layout.py`
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from experiments import cli
+from experiments import machine
+
+PACKED_COMMIT = '6dca3c2'  # The last commit with the packed state.
+ROOT = Path(__file__).resolve().parent.parent
+_MODULES = ('__init__', '_autowu', '_adamp', 'gp', 'scaling', 'window')
+
+
+def load_packed(commit: str = PACKED_COMMIT):
+  """Imports the library of ``commit`` as the package ``optax_autolr_packed``."""
+  folder = Path(tempfile.mkdtemp(prefix='optax_autolr_packed_'))
+  pkg = folder / 'optax_autolr_packed'
+  pkg.mkdir()
+  for name in _MODULES:
+    src = subprocess.run(
+        ['git', 'show', f'{commit}:optax_autolr/{name}.py'], cwd=ROOT,
+        check=True, capture_output=True, text=True).stdout
+    (pkg / f'{name}.py').write_text(src.replace('optax_autolr', 'optax_autolr_packed'))
+  sys.path.insert(0, str(folder))
+  return importlib.import_module('optax_autolr_packed')
+
+
+def _rotated(names, i):
+  """The variants in an order that rotates every round (no position bias)."""
+  k = i % len(names)
+  return names[k:] + names[:k]
+
+
+def _autowu(lib):
+  """An AutoWU whose test never runs in the measured steps."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # patience x test_every > warmup: wanted.
+    return lib.autowu(100_000, 100, patience=10**6, test_every=10**4)
+
+
+def _interleave(runners, rounds, steps, call):
+  """Seconds per step of each runner ``[fn, state]``, ``{name: [per round]}``.
+
+  ``call(fn, state)`` does one step and returns the new state.
+  """
+  import jax
+  times = {name: [] for name in runners}
+  for i in range(rounds):
+    for name in _rotated(list(runners), i):
+      r = runners[name]
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        r[1] = call(r[0], r[1])
+      jax.block_until_ready(r[1])
+      times[name].append((time.perf_counter() - t0) / steps)
+  return times
+
+
+def _paired(times_a, times_b):
+  return float(np.median(np.asarray(times_a) / np.asarray(times_b)))
+
+
+def bench_update(libs, rounds, steps):
+  """Median seconds per jitted update, interleaved; ``{name: [per round]}``."""
+  import jax
+  import jax.numpy as jnp
+  params = {'w': jnp.ones(4)}
+  runners = {}
+  for name, lib in libs.items():
+    tx = _autowu(lib)
+    step = jax.jit(lambda u, s, tx=tx: tx.update(u, s, value=jnp.float32(1.0)),
+                   donate_argnums=1)
+    state = tx.init(params)
+    _, state = step(params, state)  # Compile.
+    runners[name] = [step, state]
+  return _interleave(runners, rounds, steps,
+                     lambda fn, state: fn(params, state)[1])
+
+
+def bench_train_step(libs, model_name, batch, rounds, steps):
+  """Seconds per train step (LAMB + AutoWU, non-test), interleaved."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  from experiments.models import make_model
+
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, 28, 28, 1)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+  runners = {}
+  for name, lib in libs.items():
+    model = make_model(model_name, nnx.Rngs(0))
+    tx = optax.chain(optax.lamb(1.0), _autowu(lib))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+
+    def step(state, x, y, graphdef=graphdef):
+      model, opt = nnx.merge(graphdef, state)
+      loss_fn = lambda m: optax.softmax_cross_entropy_with_integer_labels(
+          m(x), y).mean()
+      loss, grads = nnx.value_and_grad(loss_fn)(model)
+      opt.update(model, grads, value=loss)
+      return nnx.state((model, opt)), loss
+
+    compiled = jax.jit(step, donate_argnums=0).lower(state, x, y).compile()
+    state, _ = compiled(state, x, y)
+    runners[name] = [compiled, state]
+  return _interleave(runners, rounds, steps,
+                     lambda fn, state: fn(state, x, y)[0])
+
+
+def main(argv=None):
+  parser = cli.ArgumentParser(prog='python -m experiments.bench_layout',
+                              description=__doc__.splitlines()[0])
+  parser.add_argument('--quick', action='store_true', help='smoke run')
+  parser.add_argument('--out-dir', default=None,
+                      help='default: experiments/results (a temporary folder '
+                      'with --quick)')
+  args = parser.parse_args(argv)
+  import optax_autolr
+  try:
+    packed = load_packed()
+  except (subprocess.CalledProcessError, FileNotFoundError) as e:
+    parser.error(f'cannot read the packed implementation at commit '
+                 f'{PACKED_COMMIT} with git (a git checkout is needed): {e}')
+  libs = {'packed': packed, 'flat': optax_autolr, 'packed_copy': packed}
+  rounds, steps = (5, 5) if args.quick else (40, 10)
+  cases = [('update alone', None, None)] + [
+      ('mlp', 'mlp', 1024), ('cnn', 'cnn', 128), ('cnn', 'cnn', 256)][
+          : 1 if args.quick else 3]
+  started = time.time()
+  rows = []
+  for label, model, batch in cases:
+    if model is None:
+      times = bench_update(libs, rounds, 50 if not args.quick else 10)
+    else:
+      times = bench_train_step(libs, model, batch, rounds, steps)
+    med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    rows.append((f'{label}' + (f' B={batch}' if batch else ''), med['packed'],
+                 med['flat'], _paired(times['flat'], times['packed']),
+                 _paired(times['packed_copy'], times['packed'])))
+    print(f'{rows[-1][0]}: packed {med["packed"]:.3f} ms, flat '
+          f'{med["flat"]:.3f} ms, flat/packed {rows[-1][3]:.4f} '
+          f'(noise floor {rows[-1][4]:.4f})', flush=True)
+  out = Path(args.out_dir) if args.out_dir else (
+      Path(tempfile.mkdtemp()) if args.quick else ROOT / 'experiments' / 'results')
+  out.mkdir(parents=True, exist_ok=True)
+  name = 'bench_layout_quick.md' if args.quick else 'bench_layout.md'
+  info = machine.machine_info()
+  lines = [
+      '# Packed vs flat AutoWU state',
+      '',
+      f'- Command: `python -m experiments.bench_layout{" --quick" if args.quick else ""}`',
+      f'- Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}; '
+      f'{time.time() - started:.0f} s',
+      f'- Machine: {info}',
+      f'- Packed: the library at commit `{PACKED_COMMIT}` (0.2.0 layout, 4 leaves); '
+      'flat: this checkout (0.3.0, named fields).',
+      f'- {rounds} interleaved rounds of {steps} steps (update alone: 50 calls) '
+      'per variant; ratio = median over rounds of the paired per-round ratio; '
+      'noise floor = the packed step against a second, identical copy of it, '
+      'interleaved the same way.',
+      '',
+      '| case | packed ms | flat ms | flat / packed | noise floor |',
+      '|---|---|---|---|---|',
+  ] + [f'| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.4f} |'
+       for r in rows]
+  (out / name).write_text('\n'.join(lines) + '\n')
+  print(f'wrote {out / name}')
+
+
+if __name__ == '__main__':
+  main()
