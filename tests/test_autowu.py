@@ -2,7 +2,6 @@
 
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,31 +243,6 @@ def _quadratic():
   target = jnp.array([1.0, -2.0, 3.0, 0.5])
   loss_fn = lambda p: jnp.sum((p['w'] - target)**2)
   return loss_fn, {'w': jnp.zeros(4)}
-
-
-def test_chain_extra_kwargs_no_recompile_stable_state():
-  loss_fn, params = _quadratic()
-  tx = optax.chain(optax.adam(1.0), oa.autowu(60, 5, test_every=2))
-  traces = []
-
-  @jax.jit
-  def step(params, state):
-    traces.append(1)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, state = tx.update(grads, state, params, value=loss,
-                               unknown_kwarg=123)
-    return optax.apply_updates(params, updates), state
-
-  state = tx.init(params)
-  first = state
-  phases = set()
-  for _ in range(70):
-    params, state = step(params, state)
-    phases.add(int(oa.get_phase(state)))
-  assert len(traces) == 1
-  assert phases == {0, 1}
-  chex.assert_trees_all_equal_shapes_and_dtypes(first, state)
-  assert float(oa.get_lr(state)) == 0.0
 
 
 def test_converges_inside_scan():
