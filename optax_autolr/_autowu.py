@@ -606,6 +606,16 @@ def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
                   stacklevel=3)
 
 
+def _flat_kwargs(autowu_kwargs: dict[str, Any]) -> dict[str, Any]:
+  """Undoes ``optax.inject_hyperparams``'s binding of ``**autowu_kwargs``.
+
+  It passes them as one keyword named ``autowu_kwargs``; flattened, the
+  arguments reach :func:`autowu`, whose checks then say why injecting fails.
+  """
+  nested = autowu_kwargs.pop('autowu_kwargs', None)
+  return {**(nested or {}), **autowu_kwargs}
+
+
 def autowu_lamb(
     total_steps: int,
     steps_per_epoch: int,
@@ -641,6 +651,7 @@ def autowu_lamb(
     >>> tx = optax_autolr.autowu_lamb(total_steps=2000, steps_per_epoch=100,
     ...                               weight_decay=1e-4)
   """
+  autowu_kwargs = _flat_kwargs(autowu_kwargs)
   return optax.chain(
       optax.lamb(1.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                  mask=mask),
@@ -690,6 +701,7 @@ def autowu_adamp(
     >>> tx = optax_autolr.autowu_adamp(total_steps=2000, steps_per_epoch=100,
     ...                                weight_decay=1e-4)
   """
+  autowu_kwargs = _flat_kwargs(autowu_kwargs)
   return optax.chain(
       _adamp(1.0, b1=b1, b2=b2, eps=eps, delta=delta,
                       wd_ratio=wd_ratio, weight_decay=weight_decay,

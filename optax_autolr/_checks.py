@@ -21,7 +21,7 @@ def _is_traced(value: Any) -> bool:
 def _reject_array(name: str, value: Any, static: bool) -> None:
   if static and isinstance(value, jax.Array):
     raise TypeError(
-        f'`{name}` must be a Python number, got a jax.Array: the arguments of '
+        f'`{name}` must be a Python or NumPy number, got a jax.Array: the arguments of '
         'autowu are constants fixed when it is built, not hyperparameters '
         'that optax.inject_hyperparams can inject (read the LR with '
         'optax_autolr.get_lr(state) or lr_hyperparams(state)).')

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_autolr import _checks
+
 try:  # SciPy is optional: it only refines the fits' grid search.
   from scipy import optimize as _sp_optimize
 except ImportError:  # pragma: no cover - exercised only without SciPy.
@@ -776,8 +778,7 @@ def track_noise_scale(
     McCandlish et al., `An Empirical Model of Large-Batch Training
     <https://arxiv.org/abs/1812.06162>`_, 2018.
   """
-  if not 0.0 <= decay < 1.0:
-    raise ValueError(f'decay must be in [0, 1), got {decay}.')
+  _checks.check_float('decay', decay, 0.0, 1.0, high_open=True, static=False)
 
   def init_fn(params):
     del params

@@ -87,10 +87,6 @@ class Case:
 
 
 _AUTOWU_ARGS = dict(total_steps=T, steps_per_epoch=SPE)
-_VAR_KWARGS_DEFECT = (
-    'optax.inject_hyperparams binds **autowu_kwargs as a keyword argument '
-    'named autowu_kwargs: the TypeError says "autowu() got an unexpected '
-    'keyword argument", not why', AssertionError)
 
 CASES = {case.name: case for case in [
     Case('autowu', lambda: oa.autowu(T, SPE, **SMALL),
@@ -101,14 +97,12 @@ CASES = {case.name: case for case in [
          lambda: oa.autowu_lamb(T, SPE, weight_decay=1e-4, **SMALL),
          needs_value=True, needs_params=True, state_name='AutoWUState',
          inject=(oa.autowu_lamb, _AUTOWU_ARGS), inject_raises=True,
-         check_run=_check_autowu_schedule,
-         known_defects={'inject': _VAR_KWARGS_DEFECT}),
+         check_run=_check_autowu_schedule),
     Case('autowu_adamp',
          lambda: oa.autowu_adamp(T, SPE, weight_decay=1e-4, **SMALL),
          needs_value=True, needs_params=True, state_name='AutoWUState',
          inject=(oa.autowu_adamp, _AUTOWU_ARGS), inject_raises=True,
-         check_run=_check_autowu_schedule,
-         known_defects={'inject': _VAR_KWARGS_DEFECT}),
+         check_run=_check_autowu_schedule),
     Case('adamp', lambda: oa.adamp(1e-2, weight_decay=0.01, nesterov=True),
          needs_value=False, needs_params=True, state_name='ScaleByAdamPState',
          inject=(oa.adamp, dict(learning_rate=0.01, weight_decay=0.1,
@@ -119,11 +113,7 @@ CASES = {case.name: case for case in [
     Case('track_noise_scale', lambda: oa.track_noise_scale(decay=0.9),
          needs_value=False, needs_params=False, state_name='NoiseScaleState',
          inject=(oa.track_noise_scale, dict(decay=0.9)),
-         extra_args=_noise_stats,
-         known_defects={'inject': (
-             'track_noise_scale checks `decay` with a Python comparison, '
-             'which fails on the traced hyperparameter under jit',
-             jax.errors.TracerBoolConversionError)}),
+         extra_args=_noise_stats),
 ]}
 
 
