@@ -107,20 +107,34 @@ class AutoWUState(NamedTuple):
   grid_size: jax.Array
 
   def __repr__(self) -> str:
-    if any(isinstance(x, jax.core.Tracer) or np.ndim(x) != 0
-           for x in (self.count, self.phase, self.switch_reason)):
+    s = _to_numpy(self)
+    if s is None or any(np.ndim(x) for x in (s.count, s.phase)):
       return 'AutoWUState(' + ', '.join(
           f'{k}={getattr(self, k)!r}' for k in self._fields) + ')'
-    m = get_metrics(self)
-    num = int(window_lib.window_num_losses(self.window))
+    m = get_metrics(s)
+    num = int(window_lib.window_num_losses(s.window))
     return (
-        f"AutoWUState(count={int(self.count)}, phase='{m['phase']}', "
+        f"AutoWUState(count={m['step']}, phase='{m['phase']}', "
         f"lr={m['lr']:.4g}, positives={m['positives']}, "
-        f"probability={m['probability']:.4g}, argmin={float(self.argmin):.4g}, "
+        f"probability={m['probability']:.4g}, argmin={float(s.argmin):.4g}, "
         f"switch_step={m['switch_step']}, restart_lr={m['restart_lr']:.4g}, "
         f"switch_reason='{m['switch_reason']}', "
-        f'window=<{num} losses in {int(self.window.num_bins)} of '
-        f'{self.window.capacity} bins>, total_steps={int(self.total_steps)})')
+        f'window=<{num} losses in {int(s.window.num_bins)} of '
+        f'{s.window.capacity} bins>, total_steps={int(s.total_steps)})')
+
+
+def _to_numpy(tree: Any) -> Any:
+  """``tree`` with NumPy leaves (also unwraps ``nnx.Variable`` leaves).
+
+  Returns None if a leaf is traced (inside ``jax.jit``).
+  """
+  is_var = lambda x: hasattr(x, 'get_value')  # nnx.Variable
+  leaves = jax.tree.leaves(tree, is_leaf=is_var)
+  if any(isinstance(x, jax.core.Tracer) for x in leaves):
+    return None
+  return jax.tree.map(
+      lambda x: np.asarray(jax.device_get(x.get_value() if is_var(x) else x)),
+      tree, is_leaf=is_var)
 
 
 class _Config(NamedTuple):
@@ -822,7 +836,10 @@ def get_metrics(state: Any, path: str | None = None) -> dict[str, Any]:
     >>> m['phase'], m['switch_reason'], m['step']
     ('warmup', 'not switched', 0)
   """
-  s = jax.device_get(find_autowu_state(state, path))
+  s = _to_numpy(find_autowu_state(state, path))
+  if s is None:
+    raise TypeError('get_metrics reads values off the device: call it '
+                    'outside jax.jit.')
   return {
       'step': int(s.count), 'lr': float(s.lr),
       'phase': PHASES[int(s.phase)], 'probability': float(s.probability),

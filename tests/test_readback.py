@@ -106,3 +106,12 @@ def test_restoring_into_another_budget_warns():
   # An eager update with the mismatched state warns too.
   with pytest.warns(UserWarning, match='another configuration'):
     new_tx.update(params, old, params, value=1.0)
+
+
+def test_repr_and_metrics_of_an_nnx_optimizer_state():
+  from flax import nnx  # noqa: PLC0415
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(model, oa.autowu_lamb(100, 10), wrt=nnx.Param)
+  state = oa.find_autowu_state(opt.opt_state)  # nnx.Variable leaves.
+  assert repr(state).startswith("AutoWUState(count=0, phase='warmup'")
+  assert oa.get_metrics(opt.opt_state)['switch_reason'] == 'not switched'
