@@ -1,7 +1,10 @@
 """Optimizers and learning-rate schedules compared in the experiments.
 
 :func:`make_optimizer` builds one of :data:`SCHEDULES` by name and returns
-``(tx, needs_value, info)``:
+``(tx, needs_value, info)``. It validates the arguments and calls the
+schedule's factory in the registry :data:`OPTIMIZERS` (name -> a small
+function :class:`OptimizerArgs` -> :class:`Built`, one per optimizer family);
+adding a schedule means adding one factory and one registry entry.
 
 * ``tx``: an Optax transformation. Its ``update`` always accepts
   ``value=loss`` (transformations that do not use it ignore it), so a
@@ -47,9 +50,10 @@ own ``weight_decay`` is a different quantity, so both keep the Optax default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,29 +65,15 @@ import optax_autolr
 __all__ = [
     "SCHEDULES",
     "AUTOWU_SCHEDULES",
+    "Built",
     "DEFAULT_PEAK_LR",
     "DEFAULT_WEIGHT_DECAY",
+    "OPTIMIZERS",
+    "OptimizerArgs",
     "ScheduleInfo",
     "decay_mask",
     "make_optimizer",
 ]
-
-SCHEDULES: tuple[str, ...] = (
-    "autowu_lamb",
-    "autowu_adamp",
-    "warmup_cosine_lamb",
-    "warmup_cosine_adamp",
-    "warmup_cosine_adamw",
-    "prodigy",
-    "dadapt_adamw",
-    "schedule_free_adamw",
-    "mechanize_lamb",
-    "cocob",
-    "reduce_on_plateau",
-)
-"""Every name :func:`make_optimizer` accepts."""
-
-AUTOWU_SCHEDULES: tuple[str, ...] = ("autowu_lamb", "autowu_adamp")
 
 DEFAULT_WEIGHT_DECAY = 1e-4
 
@@ -204,6 +194,121 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerArgs:
+    """The validated arguments of :func:`make_optimizer`, as a factory sees them.
+
+    ``lr`` is ``peak_lr`` or the schedule's :data:`DEFAULT_PEAK_LR` (None for
+    the LR-free methods); ``warmup_steps`` is ``int(warmup_fraction *
+    total_steps)``.
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    lr: float | None
+    warmup_fraction: float
+    warmup_steps: int
+    weight_decay: float
+    autowu_kwargs: dict[str, Any]
+
+
+class Built(NamedTuple):
+    """What a factory returns; :func:`make_optimizer` adds the common fields."""
+
+    tx: optax.GradientTransformationExtraArgs
+    hparams: dict[str, Any]
+    lr_fn: LrFn
+    needs_value: bool = False
+    lr_label: str = "lr"
+    eval_params_fn: Callable[[Any, Any], Any] | None = None
+    is_autowu: bool = False
+
+
+def _autowu(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
+    tx = make(a.total_steps, a.steps_per_epoch, weight_decay=a.weight_decay,
+              mask=decay_mask, **a.autowu_kwargs)
+    hp = dict(base=base, weight_decay=a.weight_decay, autowu_kwargs=a.autowu_kwargs)
+    return Built(tx, hp, _autowu_lr_fn, needs_value=True, is_autowu=True)
+
+
+def _warmup_cosine(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=a.lr, warmup_steps=a.warmup_steps,
+        decay_steps=max(a.total_steps, a.warmup_steps + 1), end_value=0.0)
+    tx = make(schedule, weight_decay=a.weight_decay, mask=decay_mask)
+    hp = dict(base=base, peak_lr=a.lr, warmup_steps=a.warmup_steps,
+              warmup_fraction=a.warmup_fraction, weight_decay=a.weight_decay)
+    return Built(tx, hp, _schedule_lr_fn(schedule, a.warmup_steps))
+
+
+def _d_estimate(make: Callable[..., Any], state_cls: type, a: OptimizerArgs) -> Built:
+    """Prodigy / D-Adapt AdamW (Optax defaults); ``lr`` is the estimate D."""
+    tx = make(weight_decay=a.weight_decay)
+    hp = dict(base="adamw", weight_decay=a.weight_decay, optax_defaults=True)
+    return Built(tx, hp, _state_field_lr_fn(state_cls, "estim_lr"), lr_label="D")
+
+
+def _schedule_free_adamw(a: OptimizerArgs) -> Built:
+    tx = contrib.schedule_free_adamw(learning_rate=a.lr, warmup_steps=a.warmup_steps or None,
+                                     weight_decay=a.weight_decay)
+    if a.warmup_steps:
+        lr_fn = _schedule_lr_fn(optax.warmup_constant_schedule(0.0, a.lr, a.warmup_steps),
+                                a.warmup_steps)
+    else:
+        lr_fn = _constant_lr_fn(a.lr)
+    hp = dict(base="adamw", peak_lr=a.lr, warmup_steps=a.warmup_steps,
+              warmup_fraction=a.warmup_fraction, weight_decay=a.weight_decay)
+    return Built(tx, hp, lr_fn, eval_params_fn=_schedule_free_eval_params)
+
+
+def _mechanize_lamb(a: OptimizerArgs) -> Built:
+    tx = contrib.mechanize(optax.lamb(a.lr, weight_decay=a.weight_decay, mask=decay_mask))
+    hp = dict(base="lamb", base_lr=a.lr, weight_decay=a.weight_decay, mechanic_defaults=True)
+    # Effective LR: Mechanic's scale sum(s) times the base LR.
+    return Built(tx, hp, _state_field_lr_fn(contrib.MechanicState, "s", scale=a.lr))
+
+
+def _cocob(a: OptimizerArgs) -> Built:
+    del a
+    return Built(contrib.cocob(), dict(optax_defaults=True, weight_decay=0.0), _no_lr_fn)
+
+
+def _reduce_on_plateau(a: OptimizerArgs) -> Built:
+    tx = optax.chain(
+        optax.adamw(a.lr, weight_decay=a.weight_decay, mask=decay_mask),
+        contrib.reduce_on_plateau(factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
+                                  accumulation_size=a.steps_per_epoch),
+    )
+    hp = dict(base="adamw", peak_lr=a.lr, weight_decay=a.weight_decay, factor=PLATEAU_FACTOR,
+              patience_epochs=PLATEAU_PATIENCE, accumulation_size=a.steps_per_epoch)
+    return Built(tx, hp, _state_field_lr_fn(contrib.ReduceLROnPlateauState, "scale",
+                                            scale=a.lr), needs_value=True)
+
+
+OPTIMIZERS: dict[str, Callable[[OptimizerArgs], Built]] = {
+    "autowu_lamb": functools.partial(_autowu, optax_autolr.autowu_lamb, "lamb"),
+    "autowu_adamp": functools.partial(_autowu, optax_autolr.autowu_adamp, "adamp"),
+    "warmup_cosine_lamb": functools.partial(_warmup_cosine, optax.lamb, "lamb"),
+    "warmup_cosine_adamp": functools.partial(_warmup_cosine, optax_autolr.adamp, "adamp"),
+    "warmup_cosine_adamw": functools.partial(_warmup_cosine, optax.adamw, "adamw"),
+    "prodigy": functools.partial(_d_estimate, contrib.prodigy, contrib.ProdigyState),
+    "dadapt_adamw": functools.partial(_d_estimate, contrib.dadapt_adamw,
+                                      contrib.DAdaptAdamWState),
+    "schedule_free_adamw": _schedule_free_adamw,
+    "mechanize_lamb": _mechanize_lamb,
+    "cocob": _cocob,
+    "reduce_on_plateau": _reduce_on_plateau,
+}
+"""The registry: schedule name -> factory ``OptimizerArgs -> Built``."""
+
+SCHEDULES: tuple[str, ...] = tuple(OPTIMIZERS)
+"""Every name :func:`make_optimizer` accepts."""
+
+AUTOWU_SCHEDULES: tuple[str, ...] = tuple(
+    k for k, f in OPTIMIZERS.items() if getattr(f, "func", None) is _autowu)
+"""The schedules whose state is AutoWU's (``optax_autolr.get_switch`` applies)."""
+
+
 def make_optimizer(
     name: str,
     *,
@@ -214,7 +319,7 @@ def make_optimizer(
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     autowu_kwargs: dict[str, Any] | None = None,
 ) -> tuple[optax.GradientTransformationExtraArgs, bool, ScheduleInfo]:
-    """Builds the optimizer + LR schedule ``name``.
+    """Builds the optimizer + LR schedule ``name`` (validates, then calls its factory).
 
     Args:
       name: one of :data:`SCHEDULES` (``-`` is accepted for ``_``).
@@ -235,7 +340,7 @@ def make_optimizer(
       ``(tx, needs_value, info)``; see the module docstring.
     """
     key = name.lower().replace("-", "_")
-    if key not in SCHEDULES:
+    if key not in OPTIMIZERS:
         raise ValueError(f"Unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
     _check_int("total_steps", total_steps, 1)
     _check_int("steps_per_epoch", steps_per_epoch, 1)
@@ -248,90 +353,17 @@ def make_optimizer(
     autowu_kwargs = dict(autowu_kwargs or {})
     if autowu_kwargs and key not in AUTOWU_SCHEDULES:
         raise ValueError(f"autowu_kwargs given for non-AutoWU schedule {key!r}")
-
-    lr = peak_lr if peak_lr is not None else DEFAULT_PEAK_LR.get(key)
-    warmup_steps = int(warmup_fraction * total_steps)
-    hp: dict[str, Any] = {"schedule": key, "total_steps": total_steps,
-                          "steps_per_epoch": steps_per_epoch}
-    eval_params_fn = None
-    lr_label = "lr"
-    needs_value = False
-    is_autowu = False
-
-    if key in AUTOWU_SCHEDULES:
-        is_autowu = needs_value = True
-        make = optax_autolr.autowu_lamb if key == "autowu_lamb" else optax_autolr.autowu_adamp
-        tx = make(total_steps, steps_per_epoch, weight_decay=weight_decay, mask=decay_mask,
-                  **autowu_kwargs)
-        hp.update(base=key.split("_", 1)[1], weight_decay=weight_decay,
-                  autowu_kwargs=autowu_kwargs)
-        lr_fn = _autowu_lr_fn
-    elif key.startswith("warmup_cosine_"):
-        schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=lr, warmup_steps=warmup_steps,
-            decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
-        base = key.removeprefix("warmup_cosine_")
-        if base == "lamb":
-            tx = optax.lamb(schedule, weight_decay=weight_decay, mask=decay_mask)
-        elif base == "adamw":
-            tx = optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
-        else:
-            tx = optax_autolr.adamp(schedule, weight_decay=weight_decay, mask=decay_mask)
-        hp.update(base=base, peak_lr=lr, warmup_steps=warmup_steps,
-                  warmup_fraction=warmup_fraction, weight_decay=weight_decay)
-        lr_fn = _schedule_lr_fn(schedule, warmup_steps)
-    elif key == "prodigy":
-        tx = contrib.prodigy(weight_decay=weight_decay)
-        hp.update(base="adamw", weight_decay=weight_decay, optax_defaults=True)
-        lr_fn = _state_field_lr_fn(contrib.ProdigyState, "estim_lr")
-        lr_label = "D"
-    elif key == "dadapt_adamw":
-        tx = contrib.dadapt_adamw(weight_decay=weight_decay)
-        hp.update(base="adamw", weight_decay=weight_decay, optax_defaults=True)
-        lr_fn = _state_field_lr_fn(contrib.DAdaptAdamWState, "estim_lr")
-        lr_label = "D"
-    elif key == "schedule_free_adamw":
-        tx = contrib.schedule_free_adamw(
-            learning_rate=lr, warmup_steps=warmup_steps or None,
-            weight_decay=weight_decay)
-        if warmup_steps:
-            schedule = optax.warmup_constant_schedule(0.0, lr, warmup_steps)
-            lr_fn = _schedule_lr_fn(schedule, warmup_steps)
-        else:
-            lr_fn = _constant_lr_fn(lr)
-        eval_params_fn = _schedule_free_eval_params
-        hp.update(base="adamw", peak_lr=lr, warmup_steps=warmup_steps,
-                  warmup_fraction=warmup_fraction, weight_decay=weight_decay)
-    elif key == "mechanize_lamb":
-        tx = contrib.mechanize(optax.lamb(lr, weight_decay=weight_decay, mask=decay_mask))
-        hp.update(base="lamb", base_lr=lr, weight_decay=weight_decay,
-                  mechanic_defaults=True)
-        # Effective LR: Mechanic's scale sum(s) times the base LR.
-        lr_fn = _state_field_lr_fn(contrib.MechanicState, "s", scale=lr)
-    elif key == "cocob":
-        tx = contrib.cocob()
-        hp.update(optax_defaults=True, weight_decay=0.0)
-        lr_fn = _no_lr_fn
-    else:  # reduce_on_plateau
-        needs_value = True
-        tx = optax.chain(
-            optax.adamw(lr, weight_decay=weight_decay, mask=decay_mask),
-            contrib.reduce_on_plateau(
-                factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
-                accumulation_size=steps_per_epoch),
-        )
-        hp.update(base="adamw", peak_lr=lr, weight_decay=weight_decay,
-                  factor=PLATEAU_FACTOR, patience_epochs=PLATEAU_PATIENCE,
-                  accumulation_size=steps_per_epoch)
-
-        def lr_fn(opt_state, step, _lr=lr):
-            del step
-            scale = _find(opt_state, contrib.ReduceLROnPlateauState).scale
-            return _f32(scale * _lr), _no_phase(), _nan()
-
-    info = ScheduleInfo(name=key, hparams=hp, lr_fn=lr_fn, lr_label=lr_label,
-                        eval_params_fn=eval_params_fn, is_autowu=is_autowu)
-    return tx, needs_value, info
+    args = OptimizerArgs(
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        lr=peak_lr if peak_lr is not None else DEFAULT_PEAK_LR.get(key),
+        warmup_fraction=warmup_fraction, warmup_steps=int(warmup_fraction * total_steps),
+        weight_decay=weight_decay, autowu_kwargs=autowu_kwargs)
+    built = OPTIMIZERS[key](args)
+    hp = {"schedule": key, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+          **built.hparams}
+    info = ScheduleInfo(name=key, hparams=hp, lr_fn=built.lr_fn, lr_label=built.lr_label,
+                        eval_params_fn=built.eval_params_fn, is_autowu=built.is_autowu)
+    return built.tx, built.needs_value, info
 
 
 def _schedule_free_eval_params(opt_state: Any, params: Any) -> Any:
