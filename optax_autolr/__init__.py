@@ -17,6 +17,7 @@ from optax_autolr._adamp import scale_invariance_report
 from optax_autolr._adamp import ScaleByAdamPState
 from optax_autolr import scaling
 from optax_autolr import window
+from optax_autolr._autowu import AUTHORS
 from optax_autolr._autowu import AutoWUState
 from optax_autolr._autowu import autowu
 from optax_autolr._autowu import autowu_adamp
@@ -24,6 +25,7 @@ from optax_autolr._autowu import autowu_lamb
 from optax_autolr._autowu import check_restored
 from optax_autolr._autowu import CONFIDENT_MINIMUM
 from optax_autolr._autowu import DECAY
+from optax_autolr._autowu import DEFAULTS
 from optax_autolr._autowu import default_test_every
 from optax_autolr._autowu import DIVERGED
 from optax_autolr._autowu import find_autowu_state
@@ -39,6 +41,7 @@ from optax_autolr._autowu import MAX_WARMUP
 from optax_autolr._autowu import NON_FINITE
 from optax_autolr._autowu import NOT_SWITCHED
 from optax_autolr._autowu import SWITCH_REASONS
+from optax_autolr._autowu import minimum_test_outcome
 from optax_autolr._autowu import WARMUP
 from optax_autolr.scaling import adam_optimal_lr
 from optax_autolr.scaling import b_noise_from_steps
@@ -60,10 +63,10 @@ from optax_autolr.window import LossWindow
 __version__ = '0.3.0'
 
 __all__ = [
-    'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DIVERGED', 'LossWindow',
+    'AUTHORS', 'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DEFAULTS', 'DIVERGED', 'LossWindow',
     'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
     'adamp', 'autowu', 'autowu_adamp', 'autowu_lamb', 'check_restored',
-    'default_test_every', 'find_autowu_states', 'get_metrics', 'scale_by_adamp',
+    'default_test_every', 'find_autowu_states', 'get_metrics', 'minimum_test_outcome', 'scale_by_adamp',
     'scale_invariance_report', 'ScaleByAdamPState', 'find_autowu_state', 'get_lr', 'get_phase',
     'get_probability', 'get_switch', 'gp', 'loss_curve_posterior',
     'lr_hyperparams', 'window',

@@ -11,6 +11,7 @@ single definitions that the plots and the benchmarks share.
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
@@ -54,6 +55,14 @@ _MAX_ABS_LOSS = 1e15
 # Tests per maximal warmup at the default cadence.
 _TESTS_PER_WARMUP = 40
 
+# The arguments of autowu whose default is None: the library's defaults
+# (chosen by measurement: experiments/results/rule_search.md) and the paper's
+# values, which the authors' rule (tests once an epoch, no guard) keeps.
+DEFAULTS = dict(min_lr=1e-5, max_warmup_fraction=0.5, min_descent=0.0,
+                valley_level=0.0, restart_fraction=1.0)
+AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, min_descent=0.0,
+               valley_level=0.0, restart_fraction=1.0)
+
 
 class AutoWUState(NamedTuple):
   """State of :func:`autowu`: named scalars, the loss window and the config.
@@ -68,7 +77,8 @@ class AutoWUState(NamedTuple):
     lr: float32, the learning rate applied at the last update.
     positives: int32, consecutive positive minimum tests.
     probability: float32, past-minimum probability of the last test.
-    argmin: float32, position in ``[0, 1]`` of the last test's minimum.
+    argmin: float32, position in ``[0, 1]`` of the last test's restart point
+      (the posterior-mean minimum, or its valley point, see ``valley_level``).
     switch_step: int32, step of the switch (``-1`` before it).
     restart_lr: float32, the LR the decay starts from (0 before the switch).
     switch_reason: int32, one of the keys of ``SWITCH_REASONS``.
@@ -82,8 +92,10 @@ class AutoWUState(NamedTuple):
     lengthscale: float32, the GP's RBF lengthscale.
     noise_floor: float32, the GP's noise floor.
     grid_size: int32, the number of posterior grid points.
+    min_descent: float32, the descent gate of a positive test.
+    valley_level: float32, where in the valley the restart point lies.
 
-  The last five are constants of the transformation, kept so that
+  The last seven are constants of the transformation, kept so that
   :func:`loss_curve_posterior` reproduces a decision from the state alone and
   :func:`check_restored` can tell a checkpoint made for another budget.
   """
@@ -105,6 +117,8 @@ class AutoWUState(NamedTuple):
   lengthscale: jax.Array
   noise_floor: jax.Array
   grid_size: jax.Array
+  min_descent: jax.Array
+  valley_level: jax.Array
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -154,21 +168,26 @@ class _Config(NamedTuple):
   grid_size: int
   lengthscale: float
   noise_floor: float
+  min_descent: float
+  valley_level: float
+  restart_fraction: float
 
 
 def default_test_every(total_steps: int, steps_per_epoch: int,
-                       max_warmup_fraction: float = 0.5) -> int:
+                       max_warmup_fraction: float | None = None) -> int:
   """The default ``test_every`` of :func:`autowu`: 1/40 of the maximal warmup.
 
   Args:
     total_steps: see :func:`autowu`.
     steps_per_epoch: see :func:`autowu`.
-    max_warmup_fraction: see :func:`autowu`.
+    max_warmup_fraction: see :func:`autowu` (``None``: its default).
 
   Returns:
     ``max(1, min(steps_per_epoch, T_w // 40))`` with
     ``T_w = floor(max_warmup_fraction * total_steps)``.
   """
+  if max_warmup_fraction is None:
+    max_warmup_fraction = DEFAULTS['max_warmup_fraction']
   warmup_steps = int(math.floor(max_warmup_fraction * total_steps))
   return max(1, min(steps_per_epoch, warmup_steps // _TESTS_PER_WARMUP))
 
@@ -277,18 +296,74 @@ def minimum_test(window: window_lib.LossWindow, last_step: jax.Array, *,
                          noise_floor=noise_floor)
 
 
-# Eager calls (plots, logging) compile once per set of constants.
-_jit_minimum_test = jax.jit(
-    minimum_test, static_argnames=('lengthscale', 'grid_size', 'noise_floor'))
+def _descent_noise(window: window_lib.LossWindow, lengthscale: float
+                   ) -> jax.Array:
+  """Noise std of a mean over one lengthscale of losses, from the data.
+
+  The one-loss noise is the median absolute difference of adjacent bin
+  means, each scaled to one loss (robust to the curve's slope and to a few
+  outliers, unlike the GP's fitted noise, which may explain noisy points as
+  signal); a mean over the ``lengthscale * n`` losses of one lengthscale (the
+  GP's resolution) has ``1 / sqrt(lengthscale * n)`` of it.
+  """
+  means, _ = window_lib.window_means(window)
+  mask = window_lib.window_mask(window)
+  counts = jnp.maximum(window.counts, 1).astype(means.dtype)
+  pair = mask[1:] & mask[:-1]
+  diff = jnp.abs(means[1:] - means[:-1]) * jax.lax.rsqrt(
+      1.0 / counts[1:] + 1.0 / counts[:-1])
+  diff = jnp.sort(jnp.where(pair, diff, jnp.inf))
+  num_pairs = jnp.maximum(jnp.sum(pair), 1)
+  one_loss = 1.4826 * diff[(num_pairs - 1) // 2]
+  num_losses = window_lib.window_num_losses(window).astype(means.dtype)
+  return one_loss * jax.lax.rsqrt(jnp.maximum(lengthscale * num_losses, 1.0))
+
+
+def minimum_test_outcome(result: gp.MinimumTestResult,
+                  window: window_lib.LossWindow, *, lengthscale: float,
+                  min_descent: float, valley_level: float):
+  """``(probability, position)`` of a test: the descent gate, the restart point.
+
+  The descent gate: a test counts only if the posterior mean falls into its
+  minimum by more than ``min_descent`` x :func:`_descent_noise` (a wiggle of
+  a flat, noisy start is no minimum); otherwise its probability is 0. The
+  restart point: halfway, in x (log LR for the exponential warmup), between
+  the posterior-mean minimum and the entry of its valley floor, the first x
+  where the mean is within ``valley_level`` x (the drop into the minimum) of
+  it; ``valley_level = 0`` gives the minimum itself (the paper's).
+
+  Args:
+    result: the :class:`~optax_autolr.gp.MinimumTestResult` of the window.
+    window: the window it was computed on.
+    lengthscale: see :func:`autowu`.
+    min_descent: see :func:`autowu`.
+    valley_level: see :func:`autowu`.
+
+  Returns:
+    ``(probability, position)``, float32 scalars.
+  """
+  m = result.posterior.mean
+  i_min = jnp.argmin(m)
+  drop = jnp.max(jnp.where(jnp.arange(m.shape[0]) <= i_min, m, -jnp.inf)
+                 ) - m[i_min]
+  probability, position = result.probability, result.argmin
+  if valley_level > 0.0:
+    entry = jnp.argmax(m <= m[i_min] + valley_level * drop)
+    position = 0.5 * (result.grid[entry] + result.argmin)
+  if min_descent > 0.0:
+    real = drop > min_descent * _descent_noise(window, lengthscale)
+    probability = jnp.where(real, probability, 0.0)
+  # float32 even under jax_enable_x64 (the GP may compute in float64).
+  return probability.astype(jnp.float32), position.astype(jnp.float32)
 
 
 def _test_branch(cfg: _Config, window, t_data, probability, argmin):
   del probability, argmin
   result = minimum_test(window, t_data, lengthscale=cfg.lengthscale,
                         grid_size=cfg.grid_size, noise_floor=cfg.noise_floor)
-  # float32 even under jax_enable_x64 (the GP may compute in float64).
-  return (result.probability.astype(jnp.float32),
-          result.argmin.astype(jnp.float32))
+  return minimum_test_outcome(result, window, lengthscale=cfg.lengthscale,
+                       min_descent=cfg.min_descent,
+                       valley_level=cfg.valley_level)
 
 
 def _skip_branch(window, t_data, probability, argmin):
@@ -324,13 +399,13 @@ def _decide(cfg: _Config, state: AutoWUState, is_test, probability,
 def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite):
   """The LR the decay starts from, for a switch at step ``t``.
 
-  The warmup LR at the GP minimum; the LR reached when the maximal warmup
-  ends without a minimum. The loss seen at step t follows the update made
+  ``restart_fraction`` x the warmup LR at the test's restart point; the LR
+  reached when the maximal warmup ends without a minimum. The loss seen at step t follows the update made
   with the LR of step t - 1: after a non-finite loss, restart at most from the
   LR of step t - 2, the largest one whose outcome was finite.
   """
   restart = jnp.where(reason == MAX_WARMUP, _warmup_lr(cfg, t),
-                      _warmup_lr(cfg, argmin * t_data))
+                      cfg.restart_fraction * _warmup_lr(cfg, argmin * t_data))
   return jnp.where(non_finite,
                    jnp.minimum(restart, _warmup_lr(cfg, jnp.maximum(t - 2, 0))),
                    restart)
@@ -377,9 +452,9 @@ def autowu(
     total_steps: int,
     steps_per_epoch: int,
     *,
-    min_lr: float = 1e-5,
+    min_lr: float | None = None,
     max_lr: float = 1.0,
-    max_warmup_fraction: float = 0.5,
+    max_warmup_fraction: float | None = None,
     warmup: Literal['exp', 'linear'] = 'exp',
     decay: Literal['cosine', 'constant_cosine'] = 'cosine',
     cooldown_fraction: float = 0.2,
@@ -391,6 +466,9 @@ def autowu(
     grid_size: int = 256,
     lengthscale: float = 0.2,
     noise_floor: float = 1e-4,
+    min_descent: float | None = None,
+    valley_level: float | None = None,
+    restart_fraction: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Automated learning-rate warmup and decay driven by the training loss.
 
@@ -452,10 +530,10 @@ def autowu(
       >= 2.
     steps_per_epoch: number of updates per epoch (the authors' test period),
       in ``[1, total_steps]``.
-    min_lr: initial warmup LR, > 0.
+    min_lr: initial warmup LR, > 0; ``None``: ``DEFAULTS['min_lr']``.
     max_lr: largest warmup LR, > ``min_lr``.
     max_warmup_fraction: :math:`f_w`, the longest warmup as a fraction of T,
-      in (0, 1).
+      in (0, 1); ``None``: ``DEFAULTS['max_warmup_fraction']``.
     warmup: ``'exp'`` (exponential, the paper's) or ``'linear'``.
     decay: ``'cosine'`` or ``'constant_cosine'``.
     cooldown_fraction: fraction of T of the final cosine for
@@ -471,6 +549,25 @@ def autowu(
     lengthscale: RBF lengthscale as a fraction of the elapsed warmup,
       >= 0.01 (the GP's cost grows like 1 / lengthscale).
     noise_floor: smallest per-bin noise-to-signal variance ratio, in (0, 1).
+    min_descent: descent gate, >= 0: a test counts as positive only if the
+      posterior mean falls into its minimum by more than this many noise
+      std of a mean over one lengthscale of losses (see
+      :func:`minimum_test_outcome`); 0 disables it. ``None``:
+      ``DEFAULTS['min_descent']``.
+    valley_level: where the restart point lies, in [0, 1): 0 is the
+      posterior-mean minimum (the paper's); ``v > 0`` halfway between it and
+      the entry of its valley floor (the first x within ``v`` x the drop of
+      the minimum). ``None``: ``DEFAULTS['valley_level']``.
+    restart_fraction: the restart LR is this fraction of the warmup LR at the
+      restart point, in (0, 1]. ``None``: ``DEFAULTS['restart_fraction']``.
+
+  The arguments whose default is ``None`` take the library's defaults
+  (``optax_autolr.DEFAULTS``, chosen by measurement, see the README), except
+  under the authors' rule (``test_every == steps_per_epoch`` and
+  ``divergence_factor=None``), where they take the paper's values
+  (``optax_autolr.AUTHORS``: ``min_lr=1e-5``, ``max_warmup_fraction=0.5``,
+  restart at the minimum, no gate). Any of them given explicitly is used as
+  given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
@@ -516,7 +613,8 @@ def autowu(
         window=window_lib.window_init(cfg.window_size),
         total_steps=i32(cfg.total_steps), warmup_steps=i32(cfg.warmup_steps),
         lengthscale=f32(cfg.lengthscale), noise_floor=f32(cfg.noise_floor),
-        grid_size=i32(cfg.grid_size))
+        grid_size=i32(cfg.grid_size), min_descent=f32(cfg.min_descent),
+        valley_level=f32(cfg.valley_level))
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
@@ -539,12 +637,33 @@ def autowu(
 def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                  max_warmup_fraction, warmup, decay, cooldown_fraction,
                  confidence, patience, test_every, divergence_factor,
-                 window_size, grid_size, lengthscale, noise_floor) -> _Config:
+                 window_size, grid_size, lengthscale, noise_floor,
+                 min_descent, valley_level, restart_fraction) -> _Config:
   """Validates the arguments of :func:`autowu` and derives its constants."""
   c = _checks
   total_steps = c.check_int('total_steps', total_steps, 2)
   steps_per_epoch = c.check_int('steps_per_epoch', steps_per_epoch, 1,
                                 total_steps)
+  # Arguments left to None take the library's default, or the paper's value
+  # under the authors' rule (tests once an epoch, no divergence guard).
+  authors = (test_every is not None and divergence_factor is None
+             and not isinstance(test_every, bool)
+             and isinstance(test_every, numbers.Integral)
+             and int(test_every) == steps_per_epoch)
+  preset = AUTHORS if authors else DEFAULTS
+  given = dict(min_lr=min_lr, max_warmup_fraction=max_warmup_fraction,
+               min_descent=min_descent, valley_level=valley_level,
+               restart_fraction=restart_fraction)
+  resolved = {k: preset[k] if v is None else v for k, v in given.items()}
+  min_lr, max_warmup_fraction = (resolved['min_lr'],
+                                 resolved['max_warmup_fraction'])
+  min_descent = c.check_float('min_descent', resolved['min_descent'], 0.0,
+                              math.inf)
+  valley_level = c.check_float('valley_level', resolved['valley_level'], 0.0,
+                               1.0, high_open=True)
+  restart_fraction = c.check_float(
+      'restart_fraction', resolved['restart_fraction'], 0.0, 1.0,
+      low_open=True)
   min_lr = c.check_float('min_lr', min_lr, 0.0, math.inf, low_open=True)
   max_lr = c.check_float('max_lr', max_lr, 0.0, math.inf, low_open=True)
   if max_lr <= min_lr:
@@ -591,11 +710,11 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   return _Config(total_steps, warmup_steps, min_lr, max_lr, warmup,
                  decay_start, confidence, patience, test_every,
                  divergence_factor, window_size, grid_size, lengthscale,
-                 noise_floor)
+                 noise_floor, min_descent, valley_level, restart_fraction)
 
 
 _CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
-                  'grid_size')
+                  'grid_size', 'min_descent', 'valley_level')
 
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
@@ -935,15 +1054,18 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                          lengthscale: float | None = None,
                          grid_size: int | None = None,
                          noise_floor: float | None = None,
+                         min_descent: float | None = None,
+                         valley_level: float | None = None,
                          ) -> tuple[jax.Array, gp.MinimumTestResult]:
-  """Recomputes the GP fit on the warmup window, for plots and logging.
+  """Recomputes the minimum test on the warmup window, for plots and logging.
 
-  After the switch the window is frozen, so this is the posterior the switch
-  decision was based on: with the state's own ``lengthscale``, ``grid_size``
-  and ``noise_floor`` (the defaults), its ``probability`` and ``argmin``
-  equal the state's. Reading them needs a concrete state, so call it outside
+  After the switch the window is frozen, so this is the test the switch
+  decision was based on: with the state's own constants (the defaults), the
+  result's ``probability`` and ``argmin`` (the restart point, see
+  :func:`minimum_test_outcome`) equal the state's, and its posterior is the GP's.
+  Reading the constants needs a concrete state, so call it outside
   ``jax.jit`` (it is compiled internally, once per set of constants); under
-  ``jax.jit`` pass all three.
+  ``jax.jit`` pass all five.
 
   Args:
     state: an optimizer state holding an :class:`AutoWUState`.
@@ -951,6 +1073,8 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
     lengthscale: overrides the state's RBF lengthscale.
     grid_size: overrides the state's number of grid points.
     noise_floor: overrides the state's noise floor.
+    min_descent: overrides the state's descent gate.
+    valley_level: overrides the state's valley level.
 
   Returns:
     ``(steps, result)``: the grid as (fractional) step numbers and the
@@ -959,7 +1083,8 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   """
   s = find_autowu_state(state, path)
   given = {'lengthscale': lengthscale, 'grid_size': grid_size,
-           'noise_floor': noise_floor}
+           'noise_floor': noise_floor, 'min_descent': min_descent,
+           'valley_level': valley_level}
   for name, v in given.items():
     if v is None:
       field = getattr(s, name)
@@ -974,8 +1099,19 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   last = jnp.where((s.phase == DECAY) & (s.switch_reason == NON_FINITE),
                    s.switch_step - 1, last)
   last = jnp.maximum(last, 1)
-  result = _jit_minimum_test(s.window, last,
-                             lengthscale=float(given['lengthscale']),
-                             grid_size=int(given['grid_size']),
-                             noise_floor=float(given['noise_floor']))
+  given['grid_size'] = int(given['grid_size'])
+  result = _jit_test(s.window, last, **given)
   return result.grid * last.astype(jnp.float32), result
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'lengthscale', 'grid_size', 'noise_floor', 'min_descent', 'valley_level'))
+def _jit_test(window, last, *, lengthscale, grid_size, noise_floor,
+              min_descent, valley_level) -> gp.MinimumTestResult:
+  """The test as the update runs it, jitted for eager callers."""
+  result = minimum_test(window, last, lengthscale=lengthscale,
+                        grid_size=grid_size, noise_floor=noise_floor)
+  probability, position = minimum_test_outcome(
+      result, window, lengthscale=lengthscale, min_descent=min_descent,
+      valley_level=valley_level)
+  return result._replace(probability=probability, argmin=position)

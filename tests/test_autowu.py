@@ -339,7 +339,7 @@ def test_convenience_chains_train_a_small_model(make):
 SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
                  'switch_step', 'restart_lr', 'switch_reason', 'loss_ema',
                  'ema_min', 'total_steps', 'warmup_steps', 'lengthscale',
-                 'noise_floor', 'grid_size')
+                 'noise_floor', 'grid_size', 'min_descent', 'valley_level')
 
 
 def test_state_is_flat_named_scalars_and_the_window():

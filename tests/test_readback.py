@@ -30,7 +30,8 @@ def _run(tx, losses):
 
 
 @pytest.mark.parametrize('kwargs', [
-    {}, {'noise_floor': 0.05, 'lengthscale': 0.3, 'grid_size': 64}])
+    {}, {'noise_floor': 0.05, 'lengthscale': 0.3, 'grid_size': 64},
+    {'min_descent': 3.0, 'valley_level': 0.05}])
 def test_posterior_reproduces_the_switch_decision(kwargs):
   state = _run(oa.autowu(1000, 20, test_every=5, **kwargs), _u_losses())
   assert int(state.switch_reason) == oa.CONFIDENT_MINIMUM
@@ -48,7 +49,8 @@ def test_posterior_under_jit_needs_explicit_constants():
   with pytest.raises(TypeError, match='lengthscale'):
     jax.jit(lambda s: oa.loss_curve_posterior(s)[1].argmin)(state)
   out = jax.jit(lambda s: oa.loss_curve_posterior(
-      s, lengthscale=0.2, grid_size=32, noise_floor=1e-4)[1].argmin)(state)
+      s, lengthscale=0.2, grid_size=32, noise_floor=1e-4, min_descent=0.0,
+      valley_level=0.0)[1].argmin)(state)
   assert np.isfinite(out)
 
 
