@@ -76,7 +76,7 @@ from flax import nnx
 
 import optax_autolr
 from optax_autolr import scaling
-from experiments import cli
+from experiments import cli, train
 from experiments.data import (DatasetNotFoundError, load_dataset,
                               normalize_images)
 from experiments.machine import machine_info
@@ -158,19 +158,19 @@ def make_runs(graphdef):
     return jnp.take(x, i, axis=0), jnp.take(y, i, axis=0)
 
   def train_loop(params, opt_state, tx, data, batch_size, n_ckpt,
-                 steps_per_ckpt, curve_set, with_value, extra=None):
-    """Nested scan: checkpoints x steps; returns final carry and curves."""
+                 steps_per_ckpt, curve_set, extra=None):
+    """Nested scan: checkpoints x steps; returns final carry and curves.
+
+    Each step is :func:`experiments.train.make_step`, the update of every
+    experiment (``value=loss`` passed; Adam ignores it).
+    """
     xc, yc = curve_set
+    update = train.make_step(lambda p, x, y: (loss_fn(p, x, y), None), tx)
 
     def step(carry, t):
-      p, s = carry
       xb, yb = batch_at(data, t, batch_size)
-      loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
-      if with_value:
-        u, s = tx.update(g, s, p, value=loss)
-      else:
-        u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), loss
+      p, s, loss, _ = update(*carry, xb, yb)
+      return (p, s), loss
 
     def ckpt(carry, c):
       carry, losses = jax.lax.scan(
@@ -191,7 +191,7 @@ def make_runs(graphdef):
       tx = optax.adam(lr, b1=b1, b2=b2)
       (p, _), (train_curve, eval_curve) = train_loop(
           params0, tx.init(params0), tx, data, batch_size, n_ckpt,
-          steps_per_ckpt, curve_set, with_value=False)
+          steps_per_ckpt, curve_set)
       final_loss = eval_fn(p, *final_set)[0]
       test_loss, test_acc = eval_fn(p, *test_set)
       return train_curve, eval_curve, final_loss, test_loss, test_acc
@@ -207,7 +207,7 @@ def make_runs(graphdef):
                      optax_autolr.autowu(total_steps, steps_per_epoch))
     (p, s), (train_curve, eval_curve, lr_curve) = train_loop(
         params0, tx.init(params0), tx, data, batch_size, n_ckpt,
-        steps_per_ckpt, curve_set, with_value=True,
+        steps_per_ckpt, curve_set,
         extra=lambda carry: optax_autolr.get_lr(carry[1]))
     switch_step, restart_lr, reason = optax_autolr.get_switch(s)
     final_loss = eval_fn(p, *final_set)[0]
@@ -240,7 +240,7 @@ def make_runs(graphdef):
 
     _, (train_curve, eval_curve, stats) = train_loop(
         params0, tx.init(params0), tx, data, batch_size, n_points,
-        steps_per_point, curve_set, with_value=False, extra=measure)
+        steps_per_point, curve_set, extra=measure)
     return train_curve, eval_curve, stats
 
   return grid_run, autowu_run, reference_run, eval_fn
@@ -475,7 +475,7 @@ def run_experiment(cfg, quick):
       out = jax.device_get(autowu_run(
           params0, b1a, b2a, data, curve_set, final_set, test_set,
           batch_size=bsz, n_ckpt=n_ckpt, steps_per_ckpt=spc,
-          total_steps=total, steps_per_epoch=n_train // bsz))
+          total_steps=total, steps_per_epoch=min(n_train // bsz, total)))
       dt = time.time() - t0
       reason = int(out['reason'])
       per_b[bsz]['autowu'] = dict(

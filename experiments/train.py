@@ -21,6 +21,9 @@ Outputs in ``--out-dir`` (default ``runs/<schedule>_b<batch>_s<seed>``):
 From Python, :func:`run` takes a :class:`TrainConfig` (or a dict) and an
 optional already-loaded :class:`~experiments.data.Dataset`, and returns the
 summary dict plus the per-step history; :func:`main` parses CLI arguments.
+The pieces every experiment shares: :func:`make_step` (the update, a pure
+function), :func:`setup` (optimizer, model, jitted steps, data of a config)
+and :func:`fit` (the train loop, with an ``on_epoch`` callback).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 if __package__ in (None, ""):  # `python experiments/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,12 +61,17 @@ __all__ = [
     "DATASETS",
     "DEFAULT_EPOCHS",
     "STANDARD_TRAIN_SIZES",
+    "EpochResult",
+    "Setup",
     "TrainConfig",
     "build_parser",
     "check_config",
     "config_from_args",
+    "fit",
     "main",
+    "make_step",
     "run",
+    "setup",
 ]
 
 DEFAULT_EPOCHS = 20
@@ -348,6 +357,33 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def make_step(loss_fn: Callable[..., tuple[jax.Array, Any]],
+              tx: optax.GradientTransformation) -> Callable[..., tuple[Any, Any, jax.Array, Any]]:
+    """The update every experiment applies, as a pure function of arrays.
+
+    Args:
+      loss_fn: ``(params, *batch) -> (loss, aux)``; ``aux`` is whatever the
+        forward pass changes besides the parameters (BatchNorm statistics), or
+        None.
+      tx: the optimizer.
+
+    Returns:
+      ``step(params, opt_state, *batch) -> (params, opt_state, loss, aux)``:
+      the gradient, ``tx.update(grads, opt_state, params, value=loss)`` (the
+      loss always passed: AutoWU and reduce-on-plateau need it, the other
+      transformations ignore extra keyword arguments), ``optax.apply_updates``.
+      Not jitted: :func:`fit`'s NNX step and the scans of
+      :mod:`experiments.surge` (vmapped over learning rates) trace it.
+    """
+
+    def step(params, opt_state, *batch):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batch)
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        return optax.apply_updates(params, updates), opt_state, loss, aux
+
+    return step
+
+
 def _make_steps(gd_model, gd_model_eval, gd_opt, lr_fn, eval_params_fn):
     """Jitted train step, eval-params preparation and eval step (split NNX state)."""
 
@@ -355,11 +391,20 @@ def _make_steps(gd_model, gd_model_eval, gd_opt, lr_fn, eval_params_fn):
         model = nnx.merge(gd_model, model_state)
         optimizer = nnx.merge(gd_opt, opt_state)
         step = optimizer.step[...].astype(jnp.int32)
-        loss, grads = nnx.value_and_grad(lambda m: _cross_entropy(m(x), y))(model)
-        # Always pass the loss: AutoWU and reduce_on_plateau need it, the
-        # other transformations ignore extra keyword arguments.
-        optimizer.update(model, grads, value=loss)
-        lr, phase, prob = lr_fn(nnx.as_pure(optimizer.opt_state), step)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        rest = nnx.as_pure(rest)
+
+        def loss_fn(p, x, y):
+            m = nnx.merge(graphdef, p, rest)
+            return _cross_entropy(m(x), y), nnx.as_pure(nnx.state(m, nnx.Not(nnx.Param)))
+
+        # What nnx.Optimizer.update(model, grads, value=loss) does, through make_step.
+        params, pure_opt, loss, rest = make_step(loss_fn, optimizer.tx)(
+            nnx.as_pure(params), nnx.as_pure(optimizer.opt_state), x, y)
+        nnx.update(model, params, rest)
+        nnx.update(optimizer.opt_state, nnx.state(pure_opt))
+        optimizer.step[...] += 1
+        lr, phase, prob = lr_fn(pure_opt, step)
         row = jnp.stack([
             loss.astype(jnp.float32), lr.astype(jnp.float32),
             phase.astype(jnp.float32), prob.astype(jnp.float32),
@@ -537,48 +582,70 @@ def _as_config(config: TrainConfig | dict[str, Any]) -> TrainConfig:
     return TrainConfig(**config)
 
 
-def run(
-    config: TrainConfig | dict[str, Any] | None = None,
-    dataset: data_lib.Dataset | None = None,
-) -> dict[str, Any]:
-    """Trains one model and writes the run's outputs; see the module docstring.
+@dataclasses.dataclass
+class Setup:
+    """A run before training: optimizer, split NNX states, jitted steps, data.
 
-    Args:
-      config: a :class:`TrainConfig` or a dict of its fields (default: all
-        defaults).
-      dataset: an already-loaded dataset to reuse (``config.dataset`` /
-        ``data_dir`` are then ignored; ``config.subset`` still applies).
-
-    Returns:
-      The contents of ``summary.json`` plus ``"history"``: per-step lists
-      ``step, loss, lr, phase, probability`` and per-epoch ``test_accuracy``,
-      ``test_loss``.
+    ``model_state`` / ``opt_state`` are the current states (:func:`fit`
+    replaces them after every step; a resume replaces them before).
     """
-    cfg = _as_config(config if config is not None else TrainConfig())
-    t_start = time.perf_counter()
-    log = (lambda *a, **k: None) if cfg.quiet else print
 
-    if dataset is None:
-        dataset = data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.subset)
-    elif cfg.subset is not None:
-        n_train, n_test = cfg.subset
-        dataset = dataset._replace(
-            train_x=dataset.train_x[:n_train], train_y=dataset.train_y[:n_train],
-            test_x=dataset.test_x[:n_test], test_y=dataset.test_y[:n_test])
+    cfg: TrainConfig
+    schedule: str
+    dataset: data_lib.Dataset
+    steps_per_epoch: int
+    total_steps: int
+    needs_value: bool
+    info: schedules_lib.ScheduleInfo
+    gd_opt: Any
+    model_state: Any
+    opt_state: Any
+    train_step: Callable[..., Any]
+    eval_model_state: Callable[..., Any]
+    eval_step: Callable[..., Any]
+    train_it: Any
+    test_it: Any
+
+    @property
+    def n_train(self) -> int:
+        return len(self.dataset.train_x)
+
+
+class EpochResult(NamedTuple):
+    """What :func:`fit` hands ``on_epoch`` after each epoch."""
+
+    epoch: int  # 0-based.
+    first_step: int
+    rows: np.ndarray  # (steps, 4) float64: loss, lr, phase, probability per step.
+    test_accuracy: float
+    test_loss: float
+    seconds: float
+
+
+def _apply_subset(dataset: data_lib.Dataset, subset) -> data_lib.Dataset:
+    if subset is None:
+        return dataset
+    n_train, n_test = subset
+    return dataset._replace(
+        train_x=dataset.train_x[:n_train], train_y=dataset.train_y[:n_train],
+        test_x=dataset.test_x[:n_test], test_y=dataset.test_y[:n_test])
+
+
+def setup(cfg: TrainConfig, dataset: data_lib.Dataset) -> Setup:
+    """Builds the optimizer, the model and its jitted steps for ``cfg`` on ``dataset``."""
     n_train = len(dataset.train_x)
     steps_per_epoch = data_lib.num_batches(n_train, cfg.batch_size)
     if steps_per_epoch < 1:
         raise cli.UsageError(f"argument --batch-size: {cfg.batch_size} is larger than the "
                              f"{n_train} training examples")
     total_steps = steps_per_epoch * cfg.epochs
-
     schedule = cfg.schedule.lower().replace("-", "_")
     is_autowu = schedule in schedules_lib.AUTOWU_SCHEDULES
-    autowu_kwargs = cfg.autowu_kwargs(steps_per_epoch) if is_autowu else None
     tx, needs_value, info = schedules_lib.make_optimizer(
         schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
         peak_lr=cfg.peak_lr, warmup_fraction=cfg.warmup_fraction,
-        weight_decay=cfg.weight_decay, autowu_kwargs=autowu_kwargs)
+        weight_decay=cfg.weight_decay,
+        autowu_kwargs=cfg.autowu_kwargs(steps_per_epoch) if is_autowu else None)
 
     # Model and optimizer, split into (static graphdef, state) for jax.jit.
     model = _init_model(cfg.model, dataset.num_classes,
@@ -605,6 +672,90 @@ def run(
     test_it = data_lib.make_epoch_iterator(dataset.test_x, dataset.test_y,
                                            min(cfg.eval_batch_size, len(dataset.test_x)),
                                            shuffle=False, drop_last=False, **norm)
+    return Setup(cfg=cfg, schedule=schedule, dataset=dataset, steps_per_epoch=steps_per_epoch,
+                 total_steps=total_steps, needs_value=needs_value, info=info, gd_opt=gd_opt,
+                 model_state=model_state, opt_state=opt_state, train_step=train_step,
+                 eval_model_state=eval_model_state, eval_step=eval_step, train_it=train_it,
+                 test_it=test_it)
+
+
+def fit(
+    s: Setup,
+    *,
+    start_epoch: int = 0,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> float | None:
+    """The train loop: epochs ``start_epoch .. cfg.epochs - 1`` of ``s``.
+
+    Every step is ``s.train_step`` (:func:`make_step` inside NNX); after each
+    epoch the test set is evaluated and ``on_epoch`` gets an
+    :class:`EpochResult` (``s.model_state`` / ``s.opt_state`` are then the
+    states after that epoch). A progress bar shows the loss and LR unless
+    ``cfg.quiet``. Returns the seconds until the first step was done
+    (compilation included), or None when no step ran.
+    """
+    cfg, info = s.cfg, s.info
+    t_train = time.perf_counter()
+    compile_s = None
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        bar = _progress(s.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.quiet)
+        rows = []
+        last_post = 0.0
+        for i, (xb, yb) in enumerate(s.train_it(epoch)):
+            s.model_state, s.opt_state, row = s.train_step(s.model_state, s.opt_state, xb, yb)
+            rows.append(row)
+            if compile_s is None:
+                jax.block_until_ready(row)
+                compile_s = time.perf_counter() - t_train
+            if bar is not None:
+                bar.update(1)
+                now = time.perf_counter()
+                if not cfg.quiet and (now - last_post > 0.5 or i == s.steps_per_epoch - 1):
+                    loss, lr, phase, _ = (float(v) for v in jax.device_get(row))
+                    bar.set_postfix_str(f"loss {loss:.4f} {info.lr_label} {_fmt_lr(lr)} "
+                                        f"{_fmt_phase(phase)}")
+                    last_post = now
+        if bar is not None:
+            bar.close()
+        arr = np.asarray(jax.device_get(jnp.stack(rows)), dtype=np.float64)
+        acc, test_loss = _evaluate(s.eval_step, s.eval_model_state(s.model_state, s.opt_state),
+                                   s.test_it)
+        if on_epoch is not None:
+            on_epoch(EpochResult(epoch, epoch * s.steps_per_epoch, arr, acc, test_loss,
+                                 time.perf_counter() - t_epoch))
+    return compile_s
+
+
+def run(
+    config: TrainConfig | dict[str, Any] | None = None,
+    dataset: data_lib.Dataset | None = None,
+) -> dict[str, Any]:
+    """Trains one model (:func:`setup`, :func:`fit`) and writes the run's outputs.
+
+    See the module docstring for the outputs.
+
+    Args:
+      config: a :class:`TrainConfig` or a dict of its fields (default: all
+        defaults).
+      dataset: an already-loaded dataset to reuse (``config.dataset`` /
+        ``data_dir`` are then ignored; ``config.subset`` still applies).
+
+    Returns:
+      The contents of ``summary.json`` plus ``"history"``: per-step lists
+      ``step, loss, lr, phase, probability`` and per-epoch ``test_accuracy``,
+      ``test_loss``.
+    """
+    cfg = _as_config(config if config is not None else TrainConfig())
+    t_start = time.perf_counter()
+    log = (lambda *a, **k: None) if cfg.quiet else print
+    if dataset is None:
+        dataset = data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.subset)
+    else:
+        dataset = _apply_subset(dataset, cfg.subset)
+    s = setup(cfg, dataset)
+    schedule, info, steps_per_epoch = s.schedule, s.info, s.steps_per_epoch
+    is_autowu = info.is_autowu
 
     out_dir = cfg.resolved_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -623,17 +774,17 @@ def run(
                              "checkpoints: pass --resume to continue that run, or choose "
                              "another --checkpoint-dir")
     if ckpt is not None and cfg.resume:
-        restored = ckpt.restore(model_state, opt_state)
+        restored = ckpt.restore(s.model_state, s.opt_state)
         if restored is None:
             log(f"no checkpoint in {cfg.checkpoint_dir}; starting from scratch")
         else:
-            model_state, opt_state, meta = restored
+            s.model_state, s.opt_state, meta = restored
             start_epoch = int(meta["epoch"])
-            if (meta.get("total_steps") not in (None, total_steps)
+            if (meta.get("total_steps") not in (None, s.total_steps)
                     and not meta["autowu_config_diffs"]):
                 warnings.warn(
                     f"resuming a run made for {meta['total_steps']} steps with "
-                    f"{total_steps} total steps: the schedule changes", stacklevel=2)
+                    f"{s.total_steps} total steps: the schedule changes", stacklevel=2)
             prior_time = float(meta.get("train_time_s", 0.0))
             last_step = start_epoch * steps_per_epoch
             old_rows = [r for r in _read_jsonl(metrics_path) if r["step"] < last_step]
@@ -649,79 +800,56 @@ def run(
     tb = _TB(out_dir / "tb" if cfg.tensorboard else None)
 
     log(f"{schedule} | {cfg.model} | {dataset.name} ({dataset.source}) | "
-        f"{n_train} train / {len(dataset.test_x)} test | batch {cfg.batch_size} | "
+        f"{s.n_train} train / {len(dataset.test_x)} test | batch {cfg.batch_size} | "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps | {jax.default_backend()}")
 
     t_train = time.perf_counter()
-    compile_s = None
-    for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.quiet)
-        rows = []
-        last_post = 0.0
-        for i, (xb, yb) in enumerate(train_it(epoch)):
-            model_state, opt_state, row = train_step(model_state, opt_state, xb, yb)
-            rows.append(row)
-            if compile_s is None:
-                jax.block_until_ready(row)
-                compile_s = time.perf_counter() - t_train
-            if bar is not None:
-                bar.update(1)
-                now = time.perf_counter()
-                if not cfg.quiet and (now - last_post > 0.5 or i == steps_per_epoch - 1):
-                    loss, lr, phase, _ = (float(v) for v in jax.device_get(row))
-                    bar.set_postfix_str(f"loss {loss:.4f} {info.lr_label} {_fmt_lr(lr)} "
-                                        f"{_fmt_phase(phase)}")
-                    last_post = now
-        if bar is not None:
-            bar.close()
-        arr = np.asarray(jax.device_get(jnp.stack(rows)), dtype=np.float64)
-        first = epoch * steps_per_epoch
-        steps = list(range(first, first + len(rows)))
+
+    def on_epoch(r: EpochResult) -> None:
+        arr, first, epoch = r.rows, r.first_step, r.epoch
+        steps = list(range(first, first + len(arr)))
         step_rows = []
-        for s, (loss, lr, phase, prob) in zip(steps, arr):
-            step_rows.append({"step": s, "epoch": epoch, "loss": _finite_or_none(loss),
+        for st, (loss, lr, phase, prob) in zip(steps, arr):
+            step_rows.append({"step": st, "epoch": epoch, "loss": _finite_or_none(loss),
                               "lr": _finite_or_none(lr), "phase": int(phase),
                               "probability": _finite_or_none(prob)})
-            tb.scalar("train/loss", loss, s)
-            tb.scalar(f"train/{info.lr_label}", lr, s)
+            tb.scalar("train/loss", loss, st)
+            tb.scalar(f"train/{info.lr_label}", lr, st)
             if is_autowu:
-                tb.scalar("autowu/phase", phase, s)
-                tb.scalar("autowu/probability", prob, s)
+                tb.scalar("autowu/phase", phase, st)
+                tb.scalar("autowu/probability", prob, st)
         _write_jsonl(metrics_path, step_rows)
         hist["step"] += steps
         for j, k in enumerate(("loss", "lr", "phase", "probability")):
             hist[k] += arr[:, j].tolist()
-
-        acc, test_loss = _evaluate(eval_step, eval_model_state(model_state, opt_state), test_it)
-        elapsed = time.perf_counter() - t_epoch
+        acc, test_loss = r.test_accuracy, r.test_loss
         train_loss = float(np.nanmean(arr[:, 0])) if np.isfinite(arr[:, 0]).any() else None
-        erow = {"epoch": epoch, "step": first + len(rows), "test_accuracy": acc,
+        erow = {"epoch": epoch, "step": first + len(arr), "test_accuracy": acc,
                 "test_loss": _finite_or_none(test_loss), "train_loss": train_loss,
-                "epoch_time_s": elapsed}
+                "epoch_time_s": r.seconds}
         epoch_rows.append(erow)
         _write_jsonl(epochs_path, [erow])
-        tb.scalar("test/accuracy", acc, first + len(rows))
-        tb.scalar("test/loss", test_loss, first + len(rows))
+        tb.scalar("test/accuracy", acc, first + len(arr))
+        tb.scalar("test/loss", test_loss, first + len(arr))
         lr_last, phase_last, prob_last = arr[-1, 1], arr[-1, 2], arr[-1, 3]
-        extra = ""
-        if is_autowu:
-            extra = f" | {_fmt_phase(phase_last)} p={prob_last:.2f}"
+        extra = f" | {_fmt_phase(phase_last)} p={prob_last:.2f}" if is_autowu else ""
         tl = train_loss if train_loss is not None else float("nan")
         log(f"epoch {epoch + 1:3d}/{cfg.epochs} | loss {tl:.4f} | "
             f"test acc {acc:.4f} loss {test_loss:.4f} | {info.lr_label} {_fmt_lr(lr_last)}"
-            f"{extra} | {elapsed:.1f}s")
+            f"{extra} | {r.seconds:.1f}s")
         if ckpt is not None:
-            ckpt.save(epoch + 1, model_state, opt_state,
-                      {"epoch": epoch + 1, "schedule": schedule, "total_steps": total_steps,
+            ckpt.save(epoch + 1, s.model_state, s.opt_state,
+                      {"epoch": epoch + 1, "schedule": schedule, "total_steps": s.total_steps,
                        "train_time_s": prior_time + time.perf_counter() - t_train})
+
+    compile_s = fit(s, start_epoch=start_epoch, on_epoch=on_epoch)
     if ckpt is not None:
         ckpt.close()
     train_time = prior_time + time.perf_counter() - t_train
     tb.close()
 
     # AutoWU switch + posterior at the switch.
-    pure_opt = nnx.as_pure(nnx.merge(gd_opt, opt_state).opt_state)
+    pure_opt = nnx.as_pure(nnx.merge(s.gd_opt, s.opt_state).opt_state)
     switch: dict[str, Any] = {"switch_step": None, "restart_lr": None, "switch_reason": None}
     posterior = None
     if is_autowu:
@@ -750,7 +878,7 @@ def run(
         "model": cfg.model,
         "dataset": dataset.name,
         "dataset_source": dataset.source,
-        "n_train": n_train,
+        "n_train": s.n_train,
         "n_test": len(dataset.test_x),
         "final_test_accuracy": final_acc,
         "best_test_accuracy": max(accs) if accs else None,
@@ -761,8 +889,8 @@ def run(
         "compile_time_s": compile_s,
         "total_time_s": time.perf_counter() - t_start,
         "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "needs_value": needs_value,
+        "total_steps": s.total_steps,
+        "needs_value": s.needs_value,
         "lr_label": info.lr_label,
         "schedule_hparams": info.hparams,
         "backend": jax.default_backend(),
