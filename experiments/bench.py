@@ -51,10 +51,8 @@ Sections:
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import math
 import os
 import re
 import sys
@@ -63,7 +61,7 @@ import time
 
 import numpy as np
 
-from experiments import cli
+from experiments import cli, report
 
 NUM_EXAMPLES = 60_000  # Fashion-MNIST training set.
 BUDGET_EPOCHS = 30  # Budget that sets the default test cadence.
@@ -537,10 +535,6 @@ def epoch_fractions(steps, latency):
   return rows
 
 
-def _row(cells):
-  return '| ' + ' | '.join(str(c) for c in cells) + ' |'
-
-
 def summarize(res):
   steps = res['steps']
   worst = max(s['epoch_ratio_default'] for s in steps)
@@ -606,10 +600,8 @@ def summarize(res):
 
 def write_report(res, path_md):
   m = res['machine']
-  out = []
+  out = report.header('AutoWU scheduler cost (`experiments/bench.py`)')
   add = out.append
-  add('# AutoWU scheduler cost (`experiments/bench.py`)')
-  add('')
   add(f'Command: `{m["command"]}` (repository root). Date: {m["date_utc"]}. '
       f'Wall time: {res["wall_s"]:.0f} s.' + (
           f' (Report re-rendered from the json on {res["rerendered_utc"]}; '
@@ -645,15 +637,13 @@ def write_report(res, path_md):
       'paired median for a second, identical LAMB. Raw times are in '
       '`bench.json`.')
   add('')
-  add(_row(['model', 'B', 'steps/epoch', 'LAMB ms (median)', 'noise floor',
-            'non-test ratio', 'test-step ratio', 'test step ms: median / '
-            'p90', 'test extra ms', 'tests timed', 'k',
-            '**epoch ratio, k**', '**epoch ratio, once an epoch**',
-            'trimmed: k / once an epoch', 'load after']))
-  add('|---' * 15 + '|')
-  for s in res['steps']:
-    add(_row([
-        s['model'], s['batch'], s['steps_per_epoch'],
+  out += report.table(
+      ['model', 'B', 'steps/epoch', 'LAMB ms (median)', 'noise floor',
+       'non-test ratio', 'test-step ratio', 'test step ms: median / p90',
+       'test extra ms', 'tests timed', 'k', '**epoch ratio, k**',
+       '**epoch ratio, once an epoch**', 'trimmed: k / once an epoch',
+       'load after'],
+      [[s['model'], s['batch'], s['steps_per_epoch'],
         f'{s["lamb_median_ms"]:.2f}', f'{s["noise_floor_ratio"]:.4f}',
         f'{s["nontest_ratio"]:.4f}', f'{s["test_ratio"]:.4f}',
         f'{s["test_median_ms"]:.2f} / {s["test_p90_ms"]:.2f}',
@@ -662,40 +652,39 @@ def write_report(res, path_md):
         f'**{s["epoch_ratio_epoch"]:.4f}**',
         f'{s["epoch_ratio_default_tmean"]:.4f} / '
         f'{s["epoch_ratio_epoch_tmean"]:.4f}',
-        s['loadavg_after'][0] if s['loadavg_after'] else '?']))
+        s['loadavg_after'][0] if s['loadavg_after'] else '?']
+       for s in res['steps']])
   add('')
 
   add('## 2. Zero host transfers')
   add('')
-  add(_row(['model', 'B', 'steps under transfer_guard', 'test steps',
-            'host callbacks', 'infeed/outfeed/send/recv', 'conditionals',
-            'while loops outside branches', 'solver calls outside branches',
-            'entry instructions (fusions) LAMB / AutoWU']))
-  add('|---' * 10 + '|')
-  for s in res['steps']:
-    h = s['hlo']
-    add(_row([s['model'], s['batch'], s['transfer_guard_steps'],
-              s['transfer_guard_test_steps'],
-              ', '.join(h['host_callbacks']) or 'none',
-              ', '.join(h['host_transfer_ops']) or 'none', h['conditionals'],
-              h['while_loops_outside_branches'],
-              h['solver_outside_branches'],
-              f'{h["entry_instructions_lamb"]} ({h["entry_fusions_lamb"]}) / '
-              f'{h["entry_instructions_autowu"]} '
-              f'({h["entry_fusions_autowu"]})']))
+  out += report.table(
+      ['model', 'B', 'steps under transfer_guard', 'test steps',
+       'host callbacks', 'infeed/outfeed/send/recv', 'conditionals',
+       'while loops outside branches', 'solver calls outside branches',
+       'entry instructions (fusions) LAMB / AutoWU'],
+      [[s['model'], s['batch'], s['transfer_guard_steps'],
+        s['transfer_guard_test_steps'],
+        ', '.join(s['hlo']['host_callbacks']) or 'none',
+        ', '.join(s['hlo']['host_transfer_ops']) or 'none',
+        s['hlo']['conditionals'], s['hlo']['while_loops_outside_branches'],
+        s['hlo']['solver_outside_branches'],
+        f'{s["hlo"]["entry_instructions_lamb"]} '
+        f'({s["hlo"]["entry_fusions_lamb"]}) / '
+        f'{s["hlo"]["entry_instructions_autowu"]} '
+        f'({s["hlo"]["entry_fusions_autowu"]})'] for s in res['steps']])
   add('')
 
   add('## 3. The update alone')
   add('')
   add('`jax.jit(tx.update)` with the state donated, 4-element parameter.')
   add('')
-  add(_row(['transformation', 'us per call: median', 'p90', 'state leaves',
-            'entry instructions', 'fusions', 'conditionals']))
-  add('|---' * 7 + '|')
-  for r in res['update']:
-    add(_row([r['what'], f'{r["median_us"]:.1f}', f'{r["p90_us"]:.1f}',
-              r['state_leaves'], r['entry_instructions'], r['entry_fusions'],
-              r['conditionals']]))
+  out += report.table(
+      ['transformation', 'us per call: median', 'p90', 'state leaves',
+       'entry instructions', 'fusions', 'conditionals'],
+      [[r['what'], f'{r["median_us"]:.1f}', f'{r["p90_us"]:.1f}',
+        r['state_leaves'], r['entry_instructions'], r['entry_fusions'],
+        r['conditionals']] for r in res['update']])
   add('')
 
   lat = res['latency']
@@ -708,16 +697,16 @@ def write_report(res, path_md):
   add('')
   windows = sorted({r['window'] for r in lat['table']})
   rows = sorted({(r['what'], r['grid'] or 0) for r in lat['table']})
-  add(_row(['what', 'G'] + [f'W={w}' for w in windows]))
-  add('|---' * (2 + len(windows)) + '|')
   by = {(r['what'], r['grid'] or 0, r['window']): r for r in lat['table']}
-  for what, g in rows:
-    cells = []
-    for w in windows:
-      r = by.get((what, g, w))
-      cells.append(f'{r["median_ms"]:.3f} ({r["min_ms"]:.3f}, '
-                   f'{r["p90_ms"]:.3f})' if r else '-')
-    add(_row([what, g or '-'] + cells))
+
+  def cell(r):
+    return (f'{r["median_ms"]:.3f} ({r["min_ms"]:.3f}, {r["p90_ms"]:.3f})'
+            if r else '-')
+
+  out += report.table(
+      ['what', 'G'] + [f'W={w}' for w in windows],
+      [[what, g or '-'] + [cell(by.get((what, g, w))) for w in windows]
+       for what, g in rows])
   add('')
   add('Fitted exponent p of latency ~ W^p (least squares, log-log): ' + ', '.join(
       f'{k}: {v:.2f}' for k, v in lat['exponents'].items() if v is not None)
@@ -730,17 +719,16 @@ def write_report(res, path_md):
       'steps - 1 (section 1); test latency = tests per epoch x section 4 latency at the '
       'default W, G / epoch time.')
   add('')
-  add(_row(['B', 'budget (epochs)', 'steps/epoch', 'test_every',
-            'tests/epoch', 'epoch ms (LAMB)', 'measured', 'test latency']))
-  add('|---' * 8 + '|')
-  for r in res['epoch_fractions']:
-    add(_row([r['batch'], r['epochs'], r['steps_per_epoch'], r['test_every'],
-              f'{r["tests_per_epoch"]:.2f}', f'{r["epoch_ms"]:.0f}',
-              f'{100 * r["fraction_measured"]:+.2f}%',
-              f'{100 * r["fraction_test_latency"]:.3f}%']))
+  out += report.table(
+      ['B', 'budget (epochs)', 'steps/epoch', 'test_every', 'tests/epoch',
+       'epoch ms (LAMB)', 'measured', 'test latency'],
+      [[r['batch'], r['epochs'], r['steps_per_epoch'], r['test_every'],
+        f'{r["tests_per_epoch"]:.2f}', f'{r["epoch_ms"]:.0f}',
+        f'{100 * r["fraction_measured"]:+.2f}%',
+        f'{100 * r["fraction_test_latency"]:.3f}%']
+       for r in res['epoch_fractions']])
   add('')
-  with open(path_md, 'w') as f:
-    f.write('\n'.join(out))
+  report.write(path_md, out)
 
 
 def main(argv=None):
@@ -777,7 +765,7 @@ def main(argv=None):
     return
 
   t_start = time.perf_counter()
-  log = lambda *a: print(*a, flush=True)
+  log = report.logger()
   res = {'quick': args.quick, 'machine': _machine_info(argv)}
   m = res['machine']
   log(f'machine: {m["nproc"]} cores, {m["cpu"]}, jax {m["jax"]}, backend '

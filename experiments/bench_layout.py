@@ -23,7 +23,6 @@ Writes ``experiments/results/bench_layout.md`` (``--quick``: a temporary
 folder).
 """
 
-import argparse
 import importlib
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 
 from experiments import cli
 from experiments import machine
+from experiments import report
 
 PACKED_COMMIT = '6dca3c2'  # The last commit with the packed state.
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,14 +181,12 @@ def main(argv=None):
       Path(tempfile.mkdtemp()) if args.quick else ROOT / 'experiments' / 'results')
   out.mkdir(parents=True, exist_ok=True)
   name = 'bench_layout_quick.md' if args.quick else 'bench_layout.md'
-  info = machine.machine_info()
-  lines = [
-      '# Packed vs flat AutoWU state',
-      '',
-      f'- Command: `python -m experiments.bench_layout{" --quick" if args.quick else ""}`',
+  lines = report.header('Packed vs flat AutoWU state') + [
+      report.command_line(
+          f'python -m experiments.bench_layout{" --quick" if args.quick else ""}', ''),
       f'- Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}; '
       f'{time.time() - started:.0f} s',
-      f'- Machine: {info}',
+      report.machine_line(machine.machine_info()),
       f'- Packed: the library at commit `{PACKED_COMMIT}` (0.2.0 layout, 4 leaves); '
       'flat: this checkout (0.3.0, named fields).',
       f'- {rounds} interleaved rounds of {steps} steps (update alone: 50 calls) '
@@ -196,11 +194,11 @@ def main(argv=None):
       'noise floor = the packed step against a second, identical copy of it, '
       'interleaved the same way.',
       '',
-      '| case | packed ms | flat ms | flat / packed | noise floor |',
-      '|---|---|---|---|---|',
-  ] + [f'| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.4f} | {r[4]:.4f} |'
-       for r in rows]
-  (out / name).write_text('\n'.join(lines) + '\n')
+  ] + report.table(
+      ['case', 'packed ms', 'flat ms', 'flat / packed', 'noise floor'],
+      [[r[0], f'{r[1]:.3f}', f'{r[2]:.3f}', f'{r[3]:.4f}', f'{r[4]:.4f}']
+       for r in rows])
+  report.write(out / name, lines, final_newline=True)
   print(f'wrote {out / name}')
 
 

@@ -45,7 +45,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import io
 import json
@@ -61,8 +60,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python experiments/compare.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments import cli  # noqa: E402
+from experiments import cli, report  # noqa: E402
 from experiments.machine import machine_info  # noqa: E402
+from experiments.report import fmt  # noqa: E402
 
 __all__ = ["RunSpec", "build_parser", "build_plan", "load_runs", "main", "render"]
 
@@ -124,8 +124,7 @@ QUICK = dict(
 )
 
 
-def log(msg: str) -> None:
-    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = report.logger("compare")
 
 
 # ---------------------------------------------------------------------------
@@ -273,10 +272,6 @@ def code_version() -> str:
     return h.hexdigest()[:12]
 
 
-def _now() -> str:
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 _SUMMARY_DROP = ("history",)
 
 
@@ -302,7 +297,7 @@ def _make_record(spec: RunSpec, key: str, setting: dict[str, Any], status: str,
         "code_version": meta["code_version"],
         "sweep": {"command": meta["command"], "started_at": meta["date"]},
         "machine": meta["machine"],
-        "finished_at": _now(),
+        "finished_at": report.date_now(),
         "elapsed_s": elapsed,
     }
     if summary is not None:
@@ -386,8 +381,8 @@ def sweep(plan: list[RunSpec], setting: dict[str, Any], runs_path: Path, run_dir
             extra = ""
             if summary.get("switch_reason") is not None:
                 extra = (f" | switch {summary['switch_step']}/{summary['total_steps']} "
-                         f"LR {_fmt(summary['restart_lr'])} ({summary['switch_reason']})")
-            res = f"acc {_fmt(acc, '.4f')}{extra}"
+                         f"LR {fmt(summary['restart_lr'])} ({summary['switch_reason']})")
+            res = f"acc {fmt(acc, '.4f')}{extra}"
         else:
             counts["failed"] += 1
             res = f"FAILED {error}"
@@ -571,18 +566,6 @@ def _methods_of(b: dict[str, Any], cells: dict[tuple, dict]) -> list[str]:
 # ---------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------
-
-
-def _fmt(v: Any, spec: str = ".3g") -> str:
-    if v is None:
-        return "-"
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(v):
-        return "n/a"
-    return format(v, spec)
 
 
 def _fmt_acc_cell(c: dict | None, grid: bool = False) -> str:
@@ -796,23 +779,39 @@ def render(records: list[dict[str, Any]], layout: dict[str, Any], out_dir: Path,
     cells = aggregate(records, layout)
     png = out_dir / f"{stem}.png"
     plot(cells, layout, png)
+    ok = [r for r in _latest_by_key(records) if r.get("status") == "ok"]
+    L = _header_lines(records, meta, png.name) + _setup_lines(layout, ok)
+    for b in layout["budgets"]:
+        L += _budget_lines(b, cells, layout)
+    L += ["## Summary (generated from the numbers)", ""]
+    L += generated_summary(cells, layout, tie_pp)
+    L += ["",
+          f"Ties: differences under {tie_pp:g} pp (`--tie-pp`) are called ties"
+          + (f"; the pooled seed-to-seed std of the final accuracy here is "
+             f"{100 * _pooled_std(cells):.2f} pp." if _pooled_std(cells) is not None else
+             "; with one seed the seed-to-seed spread is not measured, so read differences of "
+             "a few tenths of a point as unresolved."),
+          "Caveats: the tuned grid is selected on the test set (optimistic for the baseline); "
+          "the LR-free methods run with their Optax defaults, none tuned; wall times come from "
+          "a shared CPU machine and include compilation.", ""]
+    return report.write(out_dir / f"{stem}.md", L)
+
+
+def _header_lines(records: list[dict[str, Any]], meta: dict[str, Any], png: str) -> list[str]:
+    """Title, command, sweeps, machine, date, wall time, runs, code versions."""
     used = _latest_by_key(records)
-    st = layout["setting"]
-    L: list[str] = ["# AutoWU vs a tuned warmup-cosine grid vs LR-free optimizers", ""]
-    if meta.get("quick"):
-        L += ["**QUICK smoke run: tiny subset and budget, the numbers are not meaningful.**",
-              ""]
-    L.append(f"- Command: `{meta['command']}` (from the repository root)")
+    L = report.header(
+        "AutoWU vs a tuned warmup-cosine grid vs LR-free optimizers",
+        "QUICK smoke run: tiny subset and budget, the numbers are not meaningful."
+        if meta.get("quick") else None)
+    L.append(report.command_line(meta["command"]))
     for c, started in meta.get("sweeps", []):
         L.append(f"- Sweep that made (some of) the runs: `{c}`, started {started}")
-    fin = sorted(r["finished_at"] for r in _latest_by_key(records) if r.get("finished_at"))
+    fin = sorted(r["finished_at"] for r in used if r.get("finished_at"))
     if meta.get("sweeps") and fin:
         L.append(f"- Runs finished between {fin[0]} and {fin[-1]}")
-    mi = meta.get("machine") or {}
-    if mi:
-        L.append(f"- Machine: {mi.get('nproc')} CPU cores (shared), {mi.get('cpu')}, "
-                 f"{mi.get('platform')}; backend {mi.get('backend')}, jax {mi.get('jax')}, "
-                 f"optax {mi.get('optax')}, flax {mi.get('flax')}, python {mi.get('python')}")
+    if meta.get("machine"):
+        L.append(report.machine_line(meta["machine"]))
     L.append(f"- {meta.get('date_label', 'Date')}: {meta['date']}")
     if meta.get("wall_s") is not None:
         L.append(f"- Total wall time: {meta['wall_s']:.0f} s ({meta['wall_s'] / 60:.1f} min)"
@@ -831,182 +830,180 @@ def render(records: list[dict[str, Any]], layout: dict[str, Any], out_dir: Path,
     L.append("- Code version(s) of these runs (hash of optax_autolr/*.py and the experiment "
              "modules): " + ", ".join(f"`{v}` ({n} runs)" for v, n in versions.most_common())
              + (" — **runs from several code versions are mixed**" if len(versions) > 1 else ""))
-    L.append(f"- Raw runs: `{meta['runs_file']}`; figure: `{png.name}`")
+    L.append(f"- Raw runs: `{meta['runs_file']}`; figure: `{png}`")
     L.append("")
+    return L
 
-    # Setup.
-    ds = st["dataset"]
+
+def _setup_lines(layout: dict[str, Any], ok: list[dict[str, Any]]) -> list[str]:
+    st = layout["setting"]
     subset = (f"first {st['subset'][0]} train / {st['subset'][1]} test examples"
               if st.get("subset") else "full 60000 train / 10000 test")
     defaults = _autowu_defaults(ok)
     lr_free = [f"{_label(m)} (`{m}`)" for m in LR_FREE_METHODS
                if any(m in b["methods"] for b in layout["budgets"])]
     n_grid = len(layout["grid_peaks"]) * len(layout["grid_warmups"])
-    L += ["## Setup", "",
-          f"- {ds}, {subset}, model `{st['model']}`; softmax cross-entropy; "
-          "decoupled weight decay 1e-4 where the optimizer has one "
-          "(see `experiments/schedules.py`); the last partial batch of an epoch is dropped.",
-          f"- Seeds: {', '.join(map(str, layout['seeds']))} (initialisation and data order); "
-          "accuracies are means over seeds (± sample std when n > 1).",
-          "- Budgets: " + "; ".join(
-              f"{b['label']} = {b['epochs']} epochs at B = "
-              f"{', '.join(map(str, b['batch_sizes']))}" for b in layout["budgets"]),
-          "- AutoWU, no tuning: *ours* = the library defaults"
-          + (f" ({defaults})" if defaults else "")
-          + "; *authors' rule* = `test_every='epoch'`, `divergence_factor=None` "
-          "(minimum test once per epoch, no divergence guard).",
-          "- Tuned baseline: `warmup_cosine_lamb` (linear warmup from 0, cosine decay to 0) "
-          f"over peak LRs {', '.join(_fmt(p) for p in layout['grid_peaks'])} x warmup "
-          f"fractions {', '.join(_fmt(w) for w in layout['grid_warmups'])} "
-          f"({n_grid} run{'s' if n_grid != 1 else ''} per batch size and seed); the best "
-          "cell is picked on the mean final **test** accuracy (there is no "
-          "validation split), so this baseline is optimistic. The *untuned default cell* is "
-          "the grid cell at the schedule's default peak / warmup, when the grid holds it.",
-          *([("- LR-free methods with their defaults (`experiments/schedules.py`): "
-              + ", ".join(lr_free) + ".")] if lr_free else []),
-          "- Wall time: `total_time_s` of `experiments.train.run` (model/optimizer setup, "
-          "compilation, training, evaluation after every epoch; no plots), one run at a "
-          "time on the machine above.",
-          ""]
+    return [
+        "## Setup", "",
+        f"- {st['dataset']}, {subset}, model `{st['model']}`; softmax cross-entropy; "
+        "decoupled weight decay 1e-4 where the optimizer has one "
+        "(see `experiments/schedules.py`); the last partial batch of an epoch is dropped.",
+        f"- Seeds: {', '.join(map(str, layout['seeds']))} (initialisation and data order); "
+        "accuracies are means over seeds (± sample std when n > 1).",
+        "- Budgets: " + "; ".join(
+            f"{b['label']} = {b['epochs']} epochs at B = "
+            f"{', '.join(map(str, b['batch_sizes']))}" for b in layout["budgets"]),
+        "- AutoWU, no tuning: *ours* = the library defaults"
+        + (f" ({defaults})" if defaults else "")
+        + "; *authors' rule* = `test_every='epoch'`, `divergence_factor=None` "
+        "(minimum test once per epoch, no divergence guard).",
+        "- Tuned baseline: `warmup_cosine_lamb` (linear warmup from 0, cosine decay to 0) "
+        f"over peak LRs {', '.join(fmt(p) for p in layout['grid_peaks'])} x warmup "
+        f"fractions {', '.join(fmt(w) for w in layout['grid_warmups'])} "
+        f"({n_grid} run{'s' if n_grid != 1 else ''} per batch size and seed); the best "
+        "cell is picked on the mean final **test** accuracy (there is no "
+        "validation split), so this baseline is optimistic. The *untuned default cell* is "
+        "the grid cell at the schedule's default peak / warmup, when the grid holds it.",
+        *([("- LR-free methods with their defaults (`experiments/schedules.py`): "
+            + ", ".join(lr_free) + ".")] if lr_free else []),
+        "- Wall time: `total_time_s` of `experiments.train.run` (model/optimizer setup, "
+        "compilation, training, evaluation after every epoch; no plots), one run at a "
+        "time on the machine above.",
+        ""]
 
-    for b in layout["budgets"]:
-        e = b["epochs"]
-        methods = _methods_of(b, cells)
-        bss = b["batch_sizes"]
-        L += [f"## {b['label'].capitalize()} budget: {e} epochs", "",
-              "Final test accuracy (mean over seeds, n = seeds):", "",
-              "| method | " + " | ".join(f"B={bs}" for bs in bss) + " |",
-              "|---|" + "---|" * len(bss)]
-        for m in methods:
-            row = []
-            for bs in bss:
-                c = cells.get((e, bs, m))
-                s = _fmt_acc_cell(c, grid=m == GRID)
-                best = _ranked(b, bs, cells, methods)
-                if c and c.get("acc") is not None and best and c["acc"] == best[0][0]:
-                    s = f"**{s}**"
-                row.append(s)
-            name = _label(m)
-            if m == GRID_DEFAULT:
-                cell = next((cells[(e, bs, m)]["cell"] for bs in bss if (e, bs, m) in cells),
-                            None)
-                if cell:
-                    name += f" (peak {_fmt(cell[0])}, warmup {_fmt(cell[1])})"
-            L.append(f"| {name} | " + " | ".join(row) + " |")
+
+def _budget_lines(b: dict[str, Any], cells: dict[tuple, dict], layout: dict[str, Any]
+                  ) -> list[str]:
+    """The section of one budget: accuracy, cost, key figure, switches, grid, failures."""
+    e, bss = b["epochs"], b["batch_sizes"]
+    methods = _methods_of(b, cells)
+    L = [f"## {b['label'].capitalize()} budget: {e} epochs", "",
+         "Final test accuracy (mean over seeds, n = seeds):", ""]
+    L += report.table(["method", *(f"B={bs}" for bs in bss)],
+                      [_accuracy_row(m, b, cells, methods) for m in methods])
+    L += ["", "Cost: runs used and wall time (s) per seed for each result (the grid: all its "
+          "runs; the untuned cell is one of them):", ""]
+    L += report.table(["method", *(h for bs in bss for h in (f"B={bs} runs", f"B={bs} wall s"))],
+                      [[_label(m), *_cost_cells(e, bss, m, cells)]
+                       for m in methods if m != GRID_DEFAULT])
+    L.append("")
+    if b["grid"]:
+        L += ["**Key figure: the tuned grid's wall time vs one AutoWU run** (per seed):", ""]
+        L += report.table(["B", "grid runs", "grid wall s", "AutoWU LAMB (ours) s", "ratio",
+                           "AutoWU AdamP (ours) s", "ratio"],
+                          [_key_figure_row(e, bs, cells) for bs in bss])
         L.append("")
-        L += ["Cost: runs used and wall time (s) per seed for each result (the grid: all its "
-              "runs; the untuned cell is one of them):", "",
-              "| method | " + " | ".join(f"B={bs} runs | B={bs} wall s" for bs in bss) + " |",
-              "|---|" + "---|---|" * len(bss)]
-        for m in methods:
-            if m == GRID_DEFAULT:
-                continue
-            row = []
-            for bs in bss:
-                c = cells.get((e, bs, m))
-                if c is None or not c.get("runs"):
-                    row += ["error" if c and c.get("errors") else "not run", "-"]
-                    continue
-                row += [f"{c['runs_per_seed']:g}", f"{c['wall_per_seed']:.0f}"]
-            L.append(f"| {_label(m)} | " + " | ".join(row) + " |")
+    aw = [m for m in methods if m in AUTOWU_METHODS]
+    if aw:
+        L += ["AutoWU switch (per run): step of the switch to the decay / total steps, "
+              "restart (peak) LR, reason:", ""]
+        L += report.table(["B", "method", "seed", "switch step / total", "switch epoch",
+                           "restart LR", "reason", "final test acc"],
+                          [r for bs in bss for m in aw for r in _switch_rows(e, bs, m, cells)])
         L.append("")
-        if b["grid"]:
-            L += ["**Key figure: the tuned grid's wall time vs one AutoWU run** (per seed):", "",
-                  "| B | grid runs | grid wall s | AutoWU LAMB (ours) s | ratio | "
-                  "AutoWU AdamP (ours) s | ratio |", "|---|---|---|---|---|---|---|"]
-            for bs in bss:
-                g = cells.get((e, bs, GRID))
-                if not g or not g.get("runs"):
-                    L.append(f"| {bs} | not run | - | - | - | - | - |")
-                    continue
-                row = [str(bs), f"{g['runs']}" + ("" if g["complete"] else " (partial)"),
-                       f"{g['wall_per_seed']:.0f}"]
-                for m in ("autowu_lamb", "autowu_adamp"):
-                    c = cells.get((e, bs, m))
-                    if c and c.get("wall_per_seed"):
-                        row += [f"{c['wall_per_seed']:.0f}",
-                                f"{g['wall_per_seed'] / c['wall_per_seed']:.1f}x"]
-                    else:
-                        row += ["not run", "-"]
-                L.append("| " + " | ".join(row) + " |")
-            L.append("")
+    if b["grid"]:
+        L += _grid_lines(e, bss, cells, layout)
+    errs = [(bs, m, err) for bs in bss for m in methods
+            for err in (cells.get((e, bs, m)) or {}).get("errors", []) if err]
+    if errs:
+        L += ["Failed runs:", ""]
+        L += [f"- B={bs} {_label(m)}: `{err}`" for bs, m, err in errs]
+        L.append("")
+    return L
 
-        aw = [m for m in methods if m in AUTOWU_METHODS]
-        if aw:
-            L += ["AutoWU switch (per run): step of the switch to the decay / total steps, "
-                  "restart (peak) LR, reason:", "",
-                  "| B | method | seed | switch step / total | switch epoch | restart LR | "
-                  "reason | final test acc |", "|---|---|---|---|---|---|---|---|"]
-            for bs in bss:
-                for m in aw:
-                    c = cells.get((e, bs, m))
-                    if not c or not c.get("records"):
-                        L.append(f"| {bs} | {_label(m)} | - | not run | - | - | - | - |")
-                        continue
-                    for r in c["records"]:
-                        s = r["summary"]
-                        spe = s.get("steps_per_epoch")
-                        sw = s.get("switch_step")
-                        L.append(f"| {bs} | {_label(m)} | {r['seed']} | "
-                                 f"{int(sw) if sw is not None else 'none'} / "
-                                 f"{s.get('total_steps')} | "
-                                 f"{_fmt(sw / spe, '.1f') if sw is not None and spe else '-'} | "
-                                 f"{_fmt(s.get('restart_lr'))} | {s.get('switch_reason')} | "
-                                 f"{_fmt(_acc(r), '.4f')} |")
-            L.append("")
 
-        if b["grid"]:
-            L += ["Best grid cell (mean final test accuracy over seeds):", "",
-                  "| B | best peak LR | best warmup | test acc | position in the grid | "
-                  "cells run |", "|---|---|---|---|---|---|"]
-            for bs in bss:
-                g = cells.get((e, bs, GRID))
-                if not g or g.get("best") is None:
-                    L.append(f"| {bs} | not run | - | - | - | 0/{n_grid} |")
-                    continue
-                p, w = g["best"]
-                L.append(f"| {bs} | {_fmt(p)} | {_fmt(w)} | {g['acc']:.4f} | "
-                         f"{_grid_position(g, layout)} | {g['n_cells_run']}/{g['n_cells']} |")
-            L.append("")
-            L += ["Whole grid (mean final test accuracy; rows: batch size x warmup fraction, "
-                  "columns: peak LR; best per batch size in bold):", "",
-                  "| B | warmup | " + " | ".join(_fmt(p) for p in layout["grid_peaks"]) + " |",
-                  "|---|---|" + "---|" * len(layout["grid_peaks"])]
-            for bs in bss:
-                g = cells.get((e, bs, GRID))
-                for w in layout["grid_warmups"]:
-                    row = []
-                    for p in layout["grid_peaks"]:
-                        c = g["cells"].get((p, w)) if g else None
-                        if c is None:
-                            row.append("not run")
-                        else:
-                            s = f"{c['acc']:.4f}"
-                            row.append(f"**{s}**" if g["best"] == (p, w) else s)
-                    L.append(f"| {bs} | {_fmt(w)} | " + " | ".join(row) + " |")
-            L.append("")
+def _accuracy_row(m: str, b: dict, cells: dict, methods: list[str]) -> list[str]:
+    e, bss = b["epochs"], b["batch_sizes"]
+    row = []
+    for bs in bss:
+        c = cells.get((e, bs, m))
+        s = _fmt_acc_cell(c, grid=m == GRID)
+        best = _ranked(b, bs, cells, methods)
+        if c and c.get("acc") is not None and best and c["acc"] == best[0][0]:
+            s = f"**{s}**"
+        row.append(s)
+    name = _label(m)
+    if m == GRID_DEFAULT:
+        cell = next((cells[(e, bs, m)]["cell"] for bs in bss if (e, bs, m) in cells), None)
+        if cell:
+            name += f" (peak {fmt(cell[0])}, warmup {fmt(cell[1])})"
+    return [name, *row]
 
-        errs = [(bs, m, err) for bs in bss for m in methods
-                for err in (cells.get((e, bs, m)) or {}).get("errors", []) if err]
-        if errs:
-            L += ["Failed runs:", ""]
-            L += [f"- B={bs} {_label(m)}: `{err}`" for bs, m, err in errs]
-            L.append("")
 
-    L += ["## Summary (generated from the numbers)", ""]
-    L += generated_summary(cells, layout, tie_pp)
-    L += ["",
-          f"Ties: differences under {tie_pp:g} pp (`--tie-pp`) are called ties"
-          + (f"; the pooled seed-to-seed std of the final accuracy here is "
-             f"{100 * _pooled_std(cells):.2f} pp." if _pooled_std(cells) is not None else
-             "; with one seed the seed-to-seed spread is not measured, so read differences of "
-             "a few tenths of a point as unresolved."),
-          "Caveats: the tuned grid is selected on the test set (optimistic for the baseline); "
-          "the LR-free methods run with their Optax defaults, none tuned; wall times come from "
-          "a shared CPU machine and include compilation.", ""]
-    md = out_dir / f"{stem}.md"
-    md.write_text("\n".join(L))
-    return md
+def _cost_cells(e: int, bss: list[int], m: str, cells: dict) -> list[str]:
+    row = []
+    for bs in bss:
+        c = cells.get((e, bs, m))
+        if c is None or not c.get("runs"):
+            row += ["error" if c and c.get("errors") else "not run", "-"]
+        else:
+            row += [f"{c['runs_per_seed']:g}", f"{c['wall_per_seed']:.0f}"]
+    return row
+
+
+def _key_figure_row(e: int, bs: int, cells: dict) -> list[str]:
+    g = cells.get((e, bs, GRID))
+    if not g or not g.get("runs"):
+        return [str(bs), "not run", "-", "-", "-", "-", "-"]
+    row = [str(bs), f"{g['runs']}" + ("" if g["complete"] else " (partial)"),
+           f"{g['wall_per_seed']:.0f}"]
+    for m in ("autowu_lamb", "autowu_adamp"):
+        c = cells.get((e, bs, m))
+        if c and c.get("wall_per_seed"):
+            row += [f"{c['wall_per_seed']:.0f}", f"{g['wall_per_seed'] / c['wall_per_seed']:.1f}x"]
+        else:
+            row += ["not run", "-"]
+    return row
+
+
+def _switch_rows(e: int, bs: int, m: str, cells: dict) -> list[list[Any]]:
+    c = cells.get((e, bs, m))
+    if not c or not c.get("records"):
+        return [[bs, _label(m), "-", "not run", "-", "-", "-", "-"]]
+    rows = []
+    for r in c["records"]:
+        s = r["summary"]
+        spe = s.get("steps_per_epoch")
+        sw = s.get("switch_step")
+        rows.append([bs, _label(m), r["seed"],
+                     f"{int(sw) if sw is not None else 'none'} / {s.get('total_steps')}",
+                     fmt(sw / spe, ".1f") if sw is not None and spe else "-",
+                     fmt(s.get("restart_lr")), s.get("switch_reason"), fmt(_acc(r), ".4f")])
+    return rows
+
+
+def _grid_lines(e: int, bss: list[int], cells: dict, layout: dict[str, Any]) -> list[str]:
+    """The best grid cell per batch size, then the whole grid."""
+    n_grid = len(layout["grid_peaks"]) * len(layout["grid_warmups"])
+    best_rows = []
+    for bs in bss:
+        g = cells.get((e, bs, GRID))
+        if not g or g.get("best") is None:
+            best_rows.append([bs, "not run", "-", "-", "-", f"0/{n_grid}"])
+            continue
+        p, w = g["best"]
+        best_rows.append([bs, fmt(p), fmt(w), f"{g['acc']:.4f}", _grid_position(g, layout),
+                          f"{g['n_cells_run']}/{g['n_cells']}"])
+    grid_rows = []
+    for bs in bss:
+        g = cells.get((e, bs, GRID))
+        for w in layout["grid_warmups"]:
+            row = []
+            for p in layout["grid_peaks"]:
+                c = g["cells"].get((p, w)) if g else None
+                if c is None:
+                    row.append("not run")
+                else:
+                    s = f"{c['acc']:.4f}"
+                    row.append(f"**{s}**" if g["best"] == (p, w) else s)
+            grid_rows.append([bs, fmt(w), *row])
+    return ["Best grid cell (mean final test accuracy over seeds):", "",
+            *report.table(["B", "best peak LR", "best warmup", "test acc",
+                           "position in the grid", "cells run"], best_rows), "",
+            "Whole grid (mean final test accuracy; rows: batch size x warmup fraction, "
+            "columns: peak LR; best per batch size in bold):", "",
+            *report.table(["B", "warmup", *(fmt(p) for p in layout["grid_peaks"])],
+                          grid_rows), ""]
 
 
 def _pooled_std(cells: dict) -> float | None:
@@ -1232,7 +1229,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         for r in records:
             s = r.get("sweep") or {}
             sweeps.setdefault(s.get("command"), s)
-        meta = dict(command=command, date=_now(), date_label="Re-rendered (no training)",
+        meta = dict(command=command, date=report.date_now(), date_label="Re-rendered (no training)",
                     machine=machines[-1] if machines else None,
                     sweeps=[(c, s.get("started_at")) for c, s in sweeps.items() if c],
                     runs_file=str(args.from_jsonl),
@@ -1255,7 +1252,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     plan = build_plan(opts, default_cell)
     _check_plan(plan, setting, args.data_dir)
     layout = layout_from_plan(plan, opts, setting)
-    meta = dict(command=command, date=_now(), machine=machine_info(),
+    meta = dict(command=command, date=report.date_now(), machine=machine_info(),
                 code_version=code_version(), runs_file=str(runs_path), quick=args.quick)
 
     if args.dry_run:

@@ -57,8 +57,6 @@ Run ``python -m experiments.surge`` (about 20 min on 2 CPU cores) or
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
 import json
 import math
@@ -76,10 +74,11 @@ from flax import nnx
 
 import optax_autolr
 from optax_autolr import scaling
-from experiments import cli, train
+from experiments import cli, report, train
 from experiments.data import (DatasetNotFoundError, load_dataset,
                               normalize_images)
 from experiments.machine import machine_info
+from experiments.report import fmt
 from experiments.models import make_model
 
 FULL = dict(
@@ -120,9 +119,7 @@ OPT_LABELS = {'adam': 'Adam (b1=0.9, b2=0.999)',
 SEED = 0
 
 
-def log(msg: str) -> None:
-  print(f'[surge {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr,
-        flush=True)
+log = report.logger('surge', stream=sys.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -564,18 +561,6 @@ def to_jsonable(obj):
   return obj
 
 
-def fmt(v, spec='.3g'):
-  if v is None:
-    return '-'
-  try:
-    v = float(v)
-  except (TypeError, ValueError):
-    return str(v)
-  if not math.isfinite(v):
-    return 'n/a' if math.isnan(v) else 'inf'
-  return format(v, spec)
-
-
 def plot(results, cfg, path):
   import matplotlib
   matplotlib.use('Agg')
@@ -832,16 +817,13 @@ def conclusion(name, r, cfg):
 def write_markdown(results, meta, cfg, args, path, png_name):
   mi = meta['machine']
   cmd = meta['command']
-  L = []
-  L.append('# Surge experiment: best learning rate vs batch size '
-           '(Li et al. 2024)\n')
-  if args.quick:
-    L.append('**QUICK smoke run: tiny budget, numbers are not meaningful.**\n')
-  L.append(f'- Command: `{cmd}` (from the repository root)')
+  L = report.header(
+      'Surge experiment: best learning rate vs batch size (Li et al. 2024)',
+      'QUICK smoke run: tiny budget, numbers are not meaningful.'
+      if args.quick else None)
+  L.append(report.command_line(cmd))
   L.append(f'- Date: {meta["date"]}')
-  L.append(f'- Machine: {mi["nproc"]} CPU cores (shared with other jobs), '
-           f'{mi["cpu"]}, {mi["platform"]}; backend {mi["backend"]}, '
-           f'jax {mi["jax"]}, optax {mi["optax"]}, python {mi["python"]}')
+  L.append(report.machine_line(mi, 'shared with other jobs', flax=False))
   L.append(f'- Total wall time: {meta["wall_seconds"]:.0f} s '
            f'({meta["wall_seconds"] / 60:.1f} min)')
   if meta.get('rendered'):
@@ -906,43 +888,22 @@ def write_markdown(results, meta, cfg, args, path, png_name):
     pb = r['per_batch']
     L.append(f'## {OPT_LABELS[name]}\n')
     L.append(f'Target loss for the steps criterion: {r["target"]:.4f}.\n')
-    L.append(f'| B | steps | LRs tried | best LR (final loss) | near-optimal '
-             f'LRs (loss within {NEAR_TOL:.0%}) | best LR (steps '
-             'to target) | steps to target | final loss at best | test acc at '
-             'best | AutoWU restart LR (switch step, reason) | AutoWU final '
-             'loss | ratio AutoWU/grid |')
-    L.append('|---|---|---|---|---|---|---|---|---|---|---|---|')
-    for b in cfg['batch_sizes']:
-      d = pb[b]
-      a = d['autowu']
-      i = d['best_idx_loss']
-      flag_l = ' (edge)' if d['loss_at_edge'] else ''
-      flag_s = ' (edge)' if d.get('steps_at_edge') else ''
-      L.append(
-          f'| {b} | {d["steps"]} | {fmt(min(d["lrs"]))}-{fmt(max(d["lrs"]))}'
-          f' ({len(d["lrs"])}) | {fmt(d["best_lr_loss"])}{flag_l} | '
-          f'{fmt(d["near_opt"][0])}-{fmt(d["near_opt"][1])} | '
-          f'{fmt(d["best_lr_steps"])}{flag_s} | {fmt(d["best_steps"], ".0f")}'
-          f' | {fmt(d["best_final_loss"], ".4f")} | '
-          f'{fmt(d["runs"][i]["test_acc"], ".4f")} | '
-          f'{fmt(a["restart_lr"])} ({a["switch_step"]}/{a["total_steps"]}, '
-          f'{a["reason_name"]}) | {fmt(a["final_loss"], ".4f")} | '
-          f'{fmt(a["restart_lr"] / d["best_lr_loss"], ".2f")} |')
+    L += report.table(
+        ['B', 'steps', 'LRs tried', 'best LR (final loss)',
+         f'near-optimal LRs (loss within {NEAR_TOL:.0%})',
+         'best LR (steps to target)', 'steps to target', 'final loss at best',
+         'test acc at best', 'AutoWU restart LR (switch step, reason)',
+         'AutoWU final loss', 'ratio AutoWU/grid'],
+        [_batch_row(b, pb[b]) for b in cfg['batch_sizes']])
     L.append('')
     L.append('Fits (lr_max, B_noise, RMSE of log LR, R^2 of log LR):\n')
-    L.append('| data | model | lr_max | B_noise | RMSE (ln) | R^2 | note |')
-    L.append('|---|---|---|---|---|---|---|')
-    for data_name, fits in (('best LR, final loss', r['fits_loss']),
-                            ('best LR, steps to target', r['fits_steps']),
-                            ('AutoWU restart LR', r['fits_autowu'])):
-      for model, f in fits.items():
-        if f is None:
-          L.append(f'| {data_name} | {model} | - | - | - | - | <3 points |')
-          continue
-        note = '; '.join(w.split(':')[0] for w in f['warnings'])
-        L.append(f'| {data_name} | {model} | {fmt(f["lr_max"])} | '
-                 f'{fmt(f["b_noise"])} | {f["rmse_log"]:.3f} | '
-                 f'{fmt(f["r2_log"], ".2f")} | {note} |')
+    L += report.table(
+        ['data', 'model', 'lr_max', 'B_noise', 'RMSE (ln)', 'R^2', 'note'],
+        [_fit_row(data_name, model, f)
+         for data_name, fits in (('best LR, final loss', r['fits_loss']),
+                                 ('best LR, steps to target', r['fits_steps']),
+                                 ('AutoWU restart LR', r['fits_autowu']))
+         for model, f in fits.items()])
     L.append('')
     sf = r['steps_fit']
     if sf:
@@ -965,7 +926,32 @@ def write_markdown(results, meta, cfg, args, path, png_name):
   L.append('## Conclusion\n')
   L.append(overall_conclusion(results, cfg))
   L.append('')
-  Path(path).write_text('\n'.join(L))
+  report.write(path, L)
+
+
+def _batch_row(b, d):
+  """The cells of one batch size in the per-optimizer table."""
+  a = d['autowu']
+  flag_l = ' (edge)' if d['loss_at_edge'] else ''
+  flag_s = ' (edge)' if d.get('steps_at_edge') else ''
+  return [
+      b, d['steps'], f'{fmt(min(d["lrs"]))}-{fmt(max(d["lrs"]))} ({len(d["lrs"])})',
+      f'{fmt(d["best_lr_loss"])}{flag_l}',
+      f'{fmt(d["near_opt"][0])}-{fmt(d["near_opt"][1])}',
+      f'{fmt(d["best_lr_steps"])}{flag_s}', fmt(d['best_steps'], '.0f'),
+      fmt(d['best_final_loss'], '.4f'),
+      fmt(d['runs'][d['best_idx_loss']]['test_acc'], '.4f'),
+      f'{fmt(a["restart_lr"])} ({a["switch_step"]}/{a["total_steps"]}, '
+      f'{a["reason_name"]})', fmt(a['final_loss'], '.4f'),
+      fmt(a['restart_lr'] / d['best_lr_loss'], '.2f')]
+
+
+def _fit_row(data_name, model, f):
+  if f is None:
+    return [data_name, model, '-', '-', '-', '-', '<3 points']
+  note = '; '.join(w.split(':')[0] for w in f['warnings'])
+  return [data_name, model, fmt(f['lr_max']), fmt(f['b_noise']),
+          f'{f["rmse_log"]:.3f}', fmt(f['r2_log'], '.2f'), note]
 
 
 def overall_conclusion(results, cfg):
@@ -1072,8 +1058,7 @@ def _main(args):
     args.quick = '--quick' in meta['command']
     meta['rendered'] = dict(
         command=f'python -m experiments.surge --from-json {args.from_json}',
-        date=datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'))
+        date=report.date_now())
   else:
     cfg = dict(QUICK if args.quick else FULL)
     try:
@@ -1081,8 +1066,7 @@ def _main(args):
     except DatasetNotFoundError as e:
       raise cli.UsageError(e.brief) from None
     meta['machine'] = machine_info()
-    meta['date'] = datetime.datetime.now().astimezone().isoformat(
-        timespec='seconds')
+    meta['date'] = report.date_now()
     meta['command'] = 'python -m experiments.surge' + (
         ' --quick' if args.quick else '')
     meta['config'] = cfg
