@@ -56,7 +56,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -67,7 +66,20 @@ NUM_EXAMPLES = 60_000  # Fashion-MNIST training set.
 BUDGET_EPOCHS = 30  # Budget that sets the default test cadence.
 DENSE_TEST_EVERY = 8
 TARGET = 1.02  # Issue #7: epoch ratio AutoWU / LAMB at most this.
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The settings (plain data): step rows are (model, batch, timed rounds,
+# warm-up rounds); lat: windows / grids / repetitions of section 4.
+FULL = dict(
+    steps=[('mlp', 1024, 400, 5), ('mlp', 4096, 150, 3), ('mlp', 8192, 100, 2),
+           ('cnn', 128, 300, 3), ('cnn', 256, 160, 2)],
+    lat=dict(windows=[64, 128, 256, 512, 1024, 2048], grids=[64, 256, 512],
+             reps=15, eigh_windows=[64, 128, 256, 512, 1024]),
+    update_reps=3000,
+)
+QUICK = dict(
+    steps=[('mlp', 1024, 16, 2)],
+    lat=dict(windows=[64, 256], grids=[256], reps=3, eigh_windows=[64]),
+    update_reps=200,
+)
 
 
 def _median(a):
@@ -735,14 +747,11 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   p = cli.ArgumentParser(prog='python -m experiments.bench',
                          description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true',
-                 help='smoke run in < 1 min (few steps, small windows)')
-  p.add_argument('--out-dir', type=cli.output_dir, default=None,
-                 help='default: experiments/results (full run), a temporary '
-                      'folder (--quick)')
-  p.add_argument('--from-json', type=cli.existing_file, default=None,
-                 metavar='PATH',
-                 help='re-render the report of an earlier run from its json')
+  cli.add_output_flags(
+      p, quick='smoke run in < 1 min (few steps, small windows)',
+      out_dir='default: experiments/results (full run), a temporary folder '
+              '(--quick)',
+      from_json='re-render the report of an earlier run from its json')
   args = p.parse_args(argv)
   if args.from_json:
     with cli.usage_errors(p):
@@ -770,33 +779,19 @@ def main(argv=None):
   m = res['machine']
   log(f'machine: {m["nproc"]} cores, {m["cpu"]}, jax {m["jax"]}, backend '
       f'{m["backend"]}, load {m["loadavg_start"]}')
-  if args.quick:
-    # (model, batch, timed rounds, warm-up rounds)
-    step_cfgs = [('mlp', 1024, 16, 2)]
-    lat = dict(windows=[64, 256], grids=[256], reps=3, eigh_windows=[64])
-    update_reps = 200
-  else:
-    step_cfgs = [('mlp', 1024, 400, 5), ('mlp', 4096, 150, 3),
-                 ('mlp', 8192, 100, 2), ('cnn', 128, 300, 3),
-                 ('cnn', 256, 160, 2)]
-    lat = dict(windows=[64, 128, 256, 512, 1024, 2048], grids=[64, 256, 512],
-               reps=15, eigh_windows=[64, 128, 256, 512, 1024])
-    update_reps = 3000
+  cfg = QUICK if args.quick else FULL
   log('[1-2] per-step overhead (interleaved, under transfer_guard)')
   res['steps'] = [bench_step(mo, b, n, w, log=log)
-                  for mo, b, n, w in step_cfgs]
+                  for mo, b, n, w in cfg['steps']]
   log('[3] the update alone')
-  res['update'] = bench_update(update_reps, log=log)
+  res['update'] = bench_update(cfg['update_reps'], log=log)
   log('[4] minimum-test latency')
-  res['latency'] = bench_latency(log=log, **lat)
+  res['latency'] = bench_latency(log=log, **cfg['lat'])
   res['epoch_fractions'] = epoch_fractions(res['steps'], res['latency'])
   res['loadavg_end'] = _loadavg()
   res['wall_s'] = time.perf_counter() - t_start
 
-  if args.out_dir is None:
-    args.out_dir = (os.path.join(tempfile.gettempdir(), 'optax_autolr_bench')
-                    if args.quick else os.path.join(HERE, 'results'))
-  os.makedirs(args.out_dir, exist_ok=True)
+  args.out_dir = str(report.results_dir(args.out_dir, 'bench', args.quick))
   stem = 'bench_quick' if args.quick else 'bench'
   with open(os.path.join(args.out_dir, stem + '.json'), 'w') as f:
     json.dump(res, f, indent=1)

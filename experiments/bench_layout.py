@@ -43,6 +43,11 @@ from experiments import report
 PACKED_COMMIT = '6dca3c2'  # The last commit with the packed state.
 ROOT = Path(__file__).resolve().parent.parent
 _MODULES = ('__init__', '_autowu', '_adamp', 'gp', 'scaling', 'window')
+# The settings (plain data): interleaved rounds, steps per round, calls per
+# round of the update alone, and the train-step cases (model, batch).
+FULL = dict(rounds=40, steps=10, update_calls=50,
+            cases=[('mlp', 1024), ('cnn', 128), ('cnn', 256)])
+QUICK = dict(rounds=5, steps=5, update_calls=10, cases=[('mlp', 1024)])
 
 
 def load_packed(commit: str = PACKED_COMMIT):
@@ -147,10 +152,9 @@ def bench_train_step(libs, model_name, batch, rounds, steps):
 def main(argv=None):
   parser = cli.ArgumentParser(prog='python -m experiments.bench_layout',
                               description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true', help='smoke run')
-  parser.add_argument('--out-dir', default=None,
-                      help='default: experiments/results (a temporary folder '
-                      'with --quick)')
+  cli.add_output_flags(
+      parser, quick='smoke run',
+      out_dir='default: experiments/results (a temporary folder with --quick)')
   args = parser.parse_args(argv)
   import optax_autolr
   try:
@@ -159,15 +163,14 @@ def main(argv=None):
     parser.error(f'cannot read the packed implementation at commit '
                  f'{PACKED_COMMIT} with git (a git checkout is needed): {e}')
   libs = {'packed': packed, 'flat': optax_autolr, 'packed_copy': packed}
-  rounds, steps = (5, 5) if args.quick else (40, 10)
-  cases = [('update alone', None, None)] + [
-      ('mlp', 'mlp', 1024), ('cnn', 'cnn', 128), ('cnn', 'cnn', 256)][
-          : 1 if args.quick else 3]
+  cfg = QUICK if args.quick else FULL
+  rounds, steps = cfg['rounds'], cfg['steps']
+  cases = [('update alone', None, None)] + [(m, m, b) for m, b in cfg['cases']]
   started = time.time()
   rows = []
   for label, model, batch in cases:
     if model is None:
-      times = bench_update(libs, rounds, 50 if not args.quick else 10)
+      times = bench_update(libs, rounds, cfg['update_calls'])
     else:
       times = bench_train_step(libs, model, batch, rounds, steps)
     med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
@@ -177,9 +180,7 @@ def main(argv=None):
     print(f'{rows[-1][0]}: packed {med["packed"]:.3f} ms, flat '
           f'{med["flat"]:.3f} ms, flat/packed {rows[-1][3]:.4f} '
           f'(noise floor {rows[-1][4]:.4f})', flush=True)
-  out = Path(args.out_dir) if args.out_dir else (
-      Path(tempfile.mkdtemp()) if args.quick else ROOT / 'experiments' / 'results')
-  out.mkdir(parents=True, exist_ok=True)
+  out = report.results_dir(args.out_dir, 'bench_layout', args.quick)
   name = 'bench_layout_quick.md' if args.quick else 'bench_layout.md'
   lines = report.header('Packed vs flat AutoWU state') + [
       report.command_line(
@@ -189,7 +190,8 @@ def main(argv=None):
       report.machine_line(machine.machine_info()),
       f'- Packed: the library at commit `{PACKED_COMMIT}` (0.2.0 layout, 4 leaves); '
       'flat: this checkout (0.3.0, named fields).',
-      f'- {rounds} interleaved rounds of {steps} steps (update alone: 50 calls) '
+      f'- {rounds} interleaved rounds of {steps} steps (update alone: '
+      f'{cfg["update_calls"]} calls) '
       'per variant; ratio = median over rounds of the paired per-round ratio; '
       'noise floor = the packed step against a second, identical copy of it, '
       'interleaved the same way.',

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, NoReturn
 __all__ = [
     "ArgumentParser",
     "UsageError",
+    "add_output_flags",
     "existing_dir",
     "existing_file",
     "integer",
@@ -141,22 +142,16 @@ def list_of(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return _named(parse, "list")
 
 
-def _existing_file(s: str) -> str:
-    p = Path(s).expanduser()
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such file: {s}")
-    if not p.is_file():
-        raise argparse.ArgumentTypeError(f"not a file: {s}")
-    return s
+def _existing(noun: str, is_kind: Callable[[Path], bool]) -> Callable[[str], str]:
+    def parse(s: str) -> str:
+        p = Path(s).expanduser()
+        if not p.exists():
+            raise argparse.ArgumentTypeError(f"no such {noun}: {s}")
+        if not is_kind(p):
+            raise argparse.ArgumentTypeError(f"not a {noun}: {s}")
+        return s
 
-
-def _existing_dir(s: str) -> str:
-    p = Path(s).expanduser()
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such directory: {s}")
-    if not p.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {s}")
-    return s
+    return parse
 
 
 def _output_dir(s: str) -> str:
@@ -166,9 +161,22 @@ def _output_dir(s: str) -> str:
     return s
 
 
-existing_file = _named(_existing_file, "file")
+existing_file = _named(_existing("file", Path.is_file), "file")
 """``type=`` for a path that must be an existing file."""
-existing_dir = _named(_existing_dir, "directory")
+existing_dir = _named(_existing("directory", Path.is_dir), "directory")
 """``type=`` for a path that must be an existing directory."""
 output_dir = _named(_output_dir, "directory")
 """``type=`` for an output directory: created later, but not an existing file."""
+
+
+def add_output_flags(p: argparse.ArgumentParser, *, quick: str, out_dir: str,
+                     from_json: str | None = None) -> None:
+    """The flags every experiment script shares: ``--quick``, ``--out-dir``, ``--from-json``.
+
+    The arguments are the help texts; ``from_json=None`` leaves that flag out.
+    """
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--out-dir", type=output_dir, default=None, help=out_dir)
+    if from_json is not None:
+        p.add_argument("--from-json", type=existing_file, default=None, metavar="PATH",
+                       help=from_json)

@@ -52,7 +52,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,6 @@ from experiments.report import fmt  # noqa: E402
 
 __all__ = ["RunSpec", "build_parser", "build_plan", "load_runs", "main", "render"]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 AUTOWU_METHODS: tuple[str, ...] = (
@@ -1209,13 +1207,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         _check_options(_options(args), args)
     t0 = time.perf_counter()
     command = "python -m experiments.compare" + (" " + shlex.join(argv) if argv else "")
-    if args.out_dir is not None:
-        out_dir = Path(args.out_dir)
-    elif args.quick:
-        out_dir = Path(tempfile.gettempdir()) / "optax_autolr_compare_quick"
-    else:
-        out_dir = RESULTS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = report.results_dir(args.out_dir, "compare", args.quick)
 
     if args.from_jsonl:
         records = [r for r in load_runs(args.from_jsonl) if isinstance(r, dict)

@@ -630,20 +630,12 @@ class EpochIterator:
         )
 
 
-def make_epoch_iterator(
-    x: Any,
-    y: Any,
-    batch_size: int,
-    *,
-    seed: int | jax.Array = 0,
-    drop_last: bool = True,
-    shuffle: bool = True,
-    normalize: str = "unit",
-    mean: Any = FASHION_MNIST_MEAN,
-    std: Any = FASHION_MNIST_STD,
-    device: Any = None,
-) -> EpochIterator:
+def make_epoch_iterator(x: Any, y: Any, batch_size: int, **options: Any) -> EpochIterator:
     """Uploads ``(x, y)`` once and returns an :class:`EpochIterator`.
+
+    ``options`` are the keyword-only arguments of :class:`EpochIterator`
+    (``seed`` ... ``device`` below; defaults ``0, True, True, "unit"``, the
+    Fashion-MNIST statistics, None).
 
     Args:
       x: Images ``(N, H, W, C)``.
@@ -660,10 +652,7 @@ def make_epoch_iterator(
     Returns:
       The iterator; call it with the epoch number.
     """
-    return EpochIterator(
-        x, y, batch_size, seed=seed, drop_last=drop_last, shuffle=shuffle,
-        normalize=normalize, mean=mean, std=std, device=device,
-    )
+    return EpochIterator(x, y, batch_size, **options)
 
 
 def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:

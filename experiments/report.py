@@ -4,8 +4,13 @@ Every results page (``compare.md``, ``surge.md``, ``bench.md``,
 ``bench_layout.md``) is a list of lines: :func:`header` (title and the
 quick-run warning), the :func:`command_line` / :func:`machine_line` /
 :func:`date_now` facts, :func:`table` for every table (:func:`row` for one
-row), numbers through :func:`fmt`, written by :func:`write`. The scripts'
-console lines go through :func:`logger`.
+row), numbers through :func:`fmt`, written by :func:`write` into
+:func:`results_dir`. The scripts' console lines go through :func:`logger`.
+
+The convention of every experiment script: its settings are plain data,
+module-level ``FULL`` and ``QUICK`` dicts (``--quick``: a smoke run); the
+flags ``--quick`` / ``--out-dir`` / ``--from-json`` come from
+:func:`experiments.cli.add_output_flags`.
 """
 
 from __future__ import annotations
@@ -13,17 +18,22 @@ from __future__ import annotations
 import datetime
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["command_line", "date_now", "fmt", "header", "logger", "machine_line", "row",
-           "table", "write"]
+__all__ = ["RESULTS_DIR", "command_line", "date_now", "fmt", "header", "logger", "machine_line",
+           "results_dir", "row", "table", "write"]
 
 
-def fmt(v: Any, spec: str = ".3g") -> str:
-    """``v`` formatted with ``spec``; ``-`` for None, ``n/a`` for NaN, ``inf`` for infinities."""
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+"""Where the full runs write their results (``experiments/results``)."""
+
+
+def fmt(v: Any, spec: str = ".3g", nan: str = "n/a") -> str:
+    """``v`` formatted with ``spec``; ``-`` for None, ``nan`` for NaN, ``inf`` for infinities."""
     if v is None:
         return "-"
     try:
@@ -31,8 +41,25 @@ def fmt(v: Any, spec: str = ".3g") -> str:
     except (TypeError, ValueError):
         return str(v)
     if not math.isfinite(v):
-        return "n/a" if math.isnan(v) else "inf"
+        return nan if math.isnan(v) else "inf"
     return format(v, spec)
+
+
+def results_dir(out_dir: str | None, name: str, quick: bool) -> Path:
+    """The output folder of an experiment (created).
+
+    ``out_dir`` if given; else :data:`RESULTS_DIR` for a full run and
+    ``$TMPDIR/optax_autolr_<name>_quick`` for a ``--quick`` one, so that a
+    smoke run never overwrites the committed results.
+    """
+    if out_dir is not None:
+        path = Path(out_dir)
+    elif quick:
+        path = Path(tempfile.gettempdir()) / f"optax_autolr_{name}_quick"
+    else:
+        path = RESULTS_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def row(cells: Iterable[Any]) -> str:

@@ -61,7 +61,6 @@ import functools
 import json
 import math
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -94,6 +93,7 @@ FULL = dict(
     autowu_min_steps=256,
     ref_batch=256,           # reference run for B_simple
     ns_batch=1024, ns_k=8, ns_reps=8, ns_points=8,
+    n_test=None,             # test examples (None: all)
 )
 QUICK = dict(
     batch_sizes=(64, 256, 1024),
@@ -108,6 +108,7 @@ QUICK = dict(
     autowu_min_steps=32,
     ref_batch=256,
     ns_batch=256, ns_k=4, ns_reps=2, ns_points=2,
+    n_test=1000,
 )
 # name -> (b1, b2, log10 of the LR the first grid is centred on).
 OPTIMIZERS = {
@@ -321,7 +322,7 @@ def loglog_slope(bs, lrs):
 # ----------------------------------------------------------------------------
 
 
-def run_experiment(cfg, quick):
+def run_experiment(cfg):
   t_start = time.time()
   ds = load_dataset('fashion_mnist')
   n_train = ds.train_x.shape[0]
@@ -329,8 +330,7 @@ def run_experiment(cfg, quick):
   y = jnp.asarray(ds.train_y, jnp.int32)
   xt = normalize_images(ds.test_x)
   yt = jnp.asarray(ds.test_y, jnp.int32)
-  if quick:
-    xt, yt = xt[:1000], yt[:1000]
+  xt, yt = xt[:cfg['n_test']], yt[:cfg['n_test']]
   log(f'data: {ds.source}, train {tuple(x.shape)}, test {tuple(xt.shape)}')
 
   # Example order: one permutation of the training set per epoch.
@@ -1021,15 +1021,12 @@ def main(argv=None):
   """CLI entry point; a user error prints two lines and exits with status 2."""
   p = cli.ArgumentParser(prog='python -m experiments.surge',
                          description=__doc__.splitlines()[0])
-  p.add_argument('--quick', action='store_true',
-                 help='tiny smoke run (3 batch sizes, 3 LRs, < 60 s)')
-  p.add_argument('--out-dir', type=cli.output_dir, default=None,
-                 help='default: experiments/results (full run) or '
-                      '$TMPDIR/optax_autolr_surge_quick (--quick)')
-  p.add_argument('--from-json', type=cli.existing_file, default=None,
-                 metavar='PATH',
-                 help='no training: re-render md/png/json from the raw '
-                      'numbers of a previous run (its surge.json)')
+  cli.add_output_flags(
+      p, quick='tiny smoke run (3 batch sizes, 3 LRs, < 60 s)',
+      out_dir='default: experiments/results (full run) or '
+              '$TMPDIR/optax_autolr_surge_quick (--quick)',
+      from_json='no training: re-render md/png/json from the raw numbers of '
+                'a previous run (its surge.json)')
   args = p.parse_args(argv)
   with cli.usage_errors(p):
     return _main(args)
@@ -1046,12 +1043,7 @@ def _main(args):
       raise cli.UsageError(
           f'argument --from-json: {args.from_json} is not a surge.json of '
           f'this script ({type(e).__name__}: {e})') from None
-  if args.out_dir is None:
-    out = (Path(tempfile.gettempdir()) / 'optax_autolr_surge_quick'
-           if args.quick else Path(__file__).parent / 'results')
-  else:
-    out = Path(args.out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = report.results_dir(args.out_dir, 'surge', args.quick)
   t0 = time.time()
   if args.from_json:
     cfg = meta['config']
@@ -1062,7 +1054,7 @@ def _main(args):
   else:
     cfg = dict(QUICK if args.quick else FULL)
     try:
-      results, meta = run_experiment(cfg, args.quick)
+      results, meta = run_experiment(cfg)
     except DatasetNotFoundError as e:
       raise cli.UsageError(e.brief) from None
     meta['machine'] = machine_info()

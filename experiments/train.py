@@ -55,6 +55,7 @@ import optax_autolr
 from experiments import cli
 from experiments import data as data_lib
 from experiments import models as models_lib
+from experiments import report
 from experiments import schedules as schedules_lib
 
 __all__ = [
@@ -449,10 +450,6 @@ def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _fmt_lr(v: float) -> str:
-    return f"{v:.3g}" if math.isfinite(v) else "-"
-
-
 def _fmt_phase(v: float) -> str:
     return PHASE_NAMES.get(int(v), "-") if math.isfinite(v) else "-"
 
@@ -713,8 +710,8 @@ def fit(
                 now = time.perf_counter()
                 if not cfg.quiet and (now - last_post > 0.5 or i == s.steps_per_epoch - 1):
                     loss, lr, phase, _ = (float(v) for v in jax.device_get(row))
-                    bar.set_postfix_str(f"loss {loss:.4f} {info.lr_label} {_fmt_lr(lr)} "
-                                        f"{_fmt_phase(phase)}")
+                    bar.set_postfix_str(f"loss {loss:.4f} {info.lr_label} "
+                                        f"{report.fmt(lr, nan='-')} {_fmt_phase(phase)}")
                     last_post = now
         if bar is not None:
             bar.close()
@@ -748,7 +745,7 @@ def run(
     """
     cfg = _as_config(config if config is not None else TrainConfig())
     t_start = time.perf_counter()
-    log = (lambda *a, **k: None) if cfg.quiet else print
+    log = report.logger(quiet=cfg.quiet)
     if dataset is None:
         dataset = data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.subset)
     else:
@@ -835,8 +832,8 @@ def run(
         extra = f" | {_fmt_phase(phase_last)} p={prob_last:.2f}" if is_autowu else ""
         tl = train_loss if train_loss is not None else float("nan")
         log(f"epoch {epoch + 1:3d}/{cfg.epochs} | loss {tl:.4f} | "
-            f"test acc {acc:.4f} loss {test_loss:.4f} | {info.lr_label} {_fmt_lr(lr_last)}"
-            f"{extra} | {r.seconds:.1f}s")
+            f"test acc {acc:.4f} loss {test_loss:.4f} | {info.lr_label} "
+            f"{report.fmt(lr_last, nan='-')}{extra} | {r.seconds:.1f}s")
         if ckpt is not None:
             ckpt.save(epoch + 1, s.model_state, s.opt_state,
                       {"epoch": epoch + 1, "schedule": schedule, "total_steps": s.total_steps,
@@ -907,8 +904,9 @@ def run(
     with open(out_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
 
-    sw = (f"switch step {switch['switch_step']} | restart LR {_fmt_lr(switch['restart_lr'])} "
-          f"| {switch['switch_reason']}") if is_autowu else "no switch (not AutoWU)"
+    sw = (f"switch step {switch['switch_step']} | restart LR "
+          f"{report.fmt(switch['restart_lr'], nan='-')} | {switch['switch_reason']}"
+          if is_autowu else "no switch (not AutoWU)")
     acc_s = f"{final_acc:.4f}" if final_acc is not None else "-"
     print(f"[{schedule}] final test accuracy {acc_s} | {sw} | wall time {train_time:.1f}s "
           f"| {out_dir}")
