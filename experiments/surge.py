@@ -322,7 +322,178 @@ def loglog_slope(bs, lrs):
 # ----------------------------------------------------------------------------
 
 
+def _grid_search(cfg, opt_name, centre0, grid):
+  """The LR grid at every batch size, each centred on the previous best.
+
+  ``grid(lrs, batch_size=, n_ckpt=, steps_per_ckpt=)`` runs one grid (the
+  jitted ``grid_run`` of :func:`make_runs` with the model and data bound).
+  Returns ``{batch size: record}``.
+  """
+  n_lr, per_decade = cfg['n_lr'], cfg['per_decade']
+  per_b = {}
+  centre_k = int(round(centre0 * per_decade))
+  for bsz in cfg['batch_sizes']:
+    steps = cfg['examples'] // bsz
+    n_ckpt = min(cfg['n_ckpt'], steps)
+    spc = steps // n_ckpt
+    assert spc * n_ckpt * bsz == cfg['examples'], (bsz, steps, n_ckpt)
+    half = n_lr // 2
+    ks = list(range(centre_k - half, centre_k - half + n_lr))
+    recs = {}
+
+    def do_grid(ks_now, bsz=bsz, n_ckpt=n_ckpt, spc=spc, recs=recs):
+      lrs = jnp.asarray([10.0 ** (k / per_decade) for k in ks_now],
+                        jnp.float32)
+      t0 = time.time()
+      out = jax.device_get(grid(lrs, batch_size=bsz, n_ckpt=n_ckpt,
+                                steps_per_ckpt=spc))
+      for j, k in enumerate(ks_now):
+        recs[k] = dict(
+            lr=float(10.0 ** (k / per_decade)),
+            train_curve=np.asarray(out[0][j], float),
+            eval_curve=np.asarray(out[1][j], float),
+            final_loss=float(out[2][j]), test_loss=float(out[3][j]),
+            test_acc=float(out[4][j]))
+      return time.time() - t0
+
+    dt = do_grid(ks)
+    for _ in range(cfg['max_ext']):
+      kk = sorted(recs)
+      fl = finite_or_inf([recs[k]['final_loss'] for k in kk])
+      i = int(np.argmin(fl))
+      if not np.isfinite(fl[i]):
+        break
+      if i == 0:
+        new = list(range(kk[0] - n_lr, kk[0]))
+      elif i == len(kk) - 1:
+        new = list(range(kk[-1] + 1, kk[-1] + 1 + n_lr))
+      else:
+        break
+      log(f'  {opt_name} B={bsz}: best LR at the grid edge, extending')
+      dt += do_grid(new)
+    kk = sorted(recs)
+    lr_grid = np.array([recs[k]['lr'] for k in kk])
+    fl = finite_or_inf([recs[k]['final_loss'] for k in kk])
+    i = int(np.argmin(fl))
+    xv, yv, refined = parabola_argmin(np.log10(lr_grid), np.log(fl), i)
+    yv = float(np.exp(yv))
+    per_b[bsz] = dict(
+        steps=steps, n_ckpt=n_ckpt, steps_per_ckpt=spc,
+        lrs=lr_grid.tolist(), ks=kk, runs=[recs[k] for k in kk],
+        best_idx_loss=i, best_lr_loss=10.0 ** xv,
+        best_lr_loss_grid=float(lr_grid[i]), best_final_loss=float(fl[i]),
+        best_final_loss_parabola=yv, loss_refined=refined,
+        loss_at_edge=bool(i in (0, len(kk) - 1)), seconds=dt)
+    centre_k = int(round(xv * per_decade))
+    log(f'  {opt_name} B={bsz:5d}: {len(kk)} LRs, {dt:6.1f}s, best LR '
+        f'{10 ** xv:.3g} (grid {lr_grid[i]:.3g}), final loss {fl[i]:.4f}')
+  return per_b
+
+
+def _steps_criterion(cfg, opt_name, per_b, loss0):
+  """Best LR by the steps to a target loss; returns ``(target, reach, steps_fit)``."""
+  bs_list = list(cfg['batch_sizes'])
+  reach = {b: float(np.nanmin([np.nanmin(np.where(np.isfinite(r['eval_curve']),
+                                                  r['eval_curve'], np.nan))
+                               if np.isfinite(r['eval_curve']).any()
+                               else np.nan for r in per_b[b]['runs']]))
+           for b in bs_list}
+  worst = sorted(reach.values(), reverse=True)
+  target = float(worst[1] if len(worst) > 2 else worst[0]) * 1.02
+  for bsz in bs_list:
+    pb = per_b[bsz]
+    st = np.array([steps_to_target(r['eval_curve'], loss0,
+                                   pb['steps_per_ckpt'], target)
+                   for r in pb['runs']])
+    pb['steps_to_target'] = st.tolist()
+    if np.isfinite(st).any() and np.all(st[np.isfinite(st)] > 0):
+      logs = np.log(finite_or_inf(st))
+      i = int(np.argmin(logs))
+      xv, yv, refined = parabola_argmin(np.log10(pb['lrs']), logs, i)
+      pb.update(best_idx_steps=i, best_lr_steps=10.0 ** xv,
+                best_steps=float(min(np.exp(yv), st[i])),
+                steps_refined=refined,
+                steps_at_edge=bool(i in (0, len(st) - 1)))
+    else:
+      pb.update(best_idx_steps=None, best_lr_steps=float('nan'),
+                best_steps=float('nan'), steps_refined=False,
+                steps_at_edge=False)
+  reached = [b for b in bs_list if np.isfinite(per_b[b]['best_steps'])]
+  steps_fit = None
+  if len(reached) >= 2:
+    s_arr = np.array([per_b[b]['best_steps'] for b in reached])
+    e_arr = s_arr * np.array(reached, float)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      sf = scaling.b_noise_from_steps(s_arr, e_arr)
+    steps_fit = dict(b_noise=sf.b_noise, s_min=sf.s_min, e_min=sf.e_min,
+                     batch_sizes=reached,
+                     warnings=[str(w.message) for w in caught])
+  log(f'  {opt_name}: target loss {target:.4f} reached by B={reached}; '
+      f'B_noise from steps: '
+      f'{steps_fit["b_noise"] if steps_fit else float("nan"):.4g}')
+  return target, reach, steps_fit
+
+
+def _autowu_at(cfg, opt_name, bsz, autowu, n_train, grid_best):
+  """AutoWU at one batch size (``autowu(**static)``: the bound ``autowu_run``)."""
+  total = max(cfg['examples'] // bsz, cfg['autowu_min_steps'])
+  n_ckpt = min(cfg['n_ckpt'], total)
+  spc = total // n_ckpt
+  t0 = time.time()
+  out = jax.device_get(autowu(
+      batch_size=bsz, n_ckpt=n_ckpt, steps_per_ckpt=spc,
+      total_steps=total, steps_per_epoch=min(n_train // bsz, total)))
+  dt = time.time() - t0
+  reason = int(out['reason'])
+  a = dict(
+      total_steps=total, examples=total * bsz, steps_per_ckpt=spc,
+      switch_step=int(out['switch_step']),
+      restart_lr=float(out['restart_lr']), reason=reason,
+      reason_name=optax_autolr.SWITCH_REASONS[reason],
+      final_loss=float(out['final_loss']),
+      test_loss=float(out['test_loss']), test_acc=float(out['test_acc']),
+      train_curve=np.asarray(out['train_curve'], float),
+      eval_curve=np.asarray(out['eval_curve'], float),
+      lr_curve=np.asarray(out['lr_curve'], float), seconds=dt)
+  log(f'  {opt_name} B={bsz:5d} AutoWU: {total} steps, {dt:5.1f}s, '
+      f'switch {a["switch_step"]} ({a["reason_name"]}), restart LR '
+      f'{a["restart_lr"]:.3g} (grid best {grid_best:.3g})')
+  return a
+
+
+def _noise_scale(cfg, opt_name, per_b, reference):
+  """B_simple along a reference run (``reference(lr, key, **static)``)."""
+  rb = cfg['ref_batch'] if cfg['ref_batch'] in per_b else cfg['batch_sizes'][0]
+  ref_lr = per_b[rb]['best_lr_loss']
+  steps = cfg['examples'] // rb
+  npts = cfg['ns_points']
+  t0 = time.time()
+  _, ev_c, stats = jax.device_get(reference(
+      jnp.float32(ref_lr), jax.random.key(SEED + 2), batch_size=rb,
+      n_points=npts, steps_per_point=steps // npts, ns_batch=cfg['ns_batch'],
+      ns_k=cfg['ns_k'], ns_reps=cfg['ns_reps']))
+  g2 = np.asarray(stats.g2, np.float64).mean(axis=1)
+  tr = np.asarray(stats.trace_sigma, np.float64).mean(axis=1)
+  b_pts = [float(scaling.b_simple(scaling.NoiseStats(g, t)))
+           for g, t in zip(g2, tr)]
+  b_pool = float(scaling.b_simple(scaling.NoiseStats(g2.mean(), tr.mean())))
+  noise = dict(
+      ref_batch=rb, ref_lr=ref_lr, ns_batch=cfg['ns_batch'],
+      ns_k=cfg['ns_k'], ns_reps=cfg['ns_reps'],
+      at_steps=[(p + 1) * (steps // npts) for p in range(npts)],
+      eval_loss=np.asarray(ev_c, float).tolist(), g2=g2.tolist(),
+      trace_sigma=tr.tolist(), b_simple=b_pts,
+      b_simple_mean=float(np.mean(b_pts)),
+      b_simple_min=float(np.min(b_pts)), b_simple_max=float(np.max(b_pts)),
+      b_simple_pooled=b_pool, seconds=time.time() - t0)
+  log(f'  {opt_name}: B_simple at {noise["at_steps"]}: '
+      f'{np.round(b_pts, 1).tolist()}')
+  return noise
+
+
 def run_experiment(cfg):
+  """Trains everything of ``cfg`` (``FULL`` / ``QUICK``); returns ``(results, meta)``."""
   t_start = time.time()
   ds = load_dataset('fashion_mnist')
   n_train = ds.train_x.shape[0]
@@ -355,169 +526,26 @@ def run_experiment(cfg):
   loss0 = float(eval_fn(params0, *curve_set)[0])
   log(f'MLP hidden={cfg["hidden"]} ({n_params} params), initial loss '
       f'{loss0:.4f}')
+  sets = (data, curve_set, final_set, test_set)
 
-  n_lr, per_decade = cfg['n_lr'], cfg['per_decade']
   results = {}
   timings = {}
   for opt_name, (b1, b2, centre0) in OPTIMIZERS.items():
     t_opt = time.time()
     b1a, b2a = jnp.float32(b1), jnp.float32(b2)
-    per_b = {}
-    centre_k = int(round(centre0 * per_decade))
+    per_b = _grid_search(
+        cfg, opt_name, centre0,
+        lambda lrs, b1=b1a, b2=b2a, **kw: grid_run(params0, lrs, b1, b2, *sets,
+                                                   **kw))
+    target, reach, steps_fit = _steps_criterion(cfg, opt_name, per_b, loss0)
     for bsz in bs_list:
-      steps = cfg['examples'] // bsz
-      n_ckpt = min(cfg['n_ckpt'], steps)
-      spc = steps // n_ckpt
-      assert spc * n_ckpt * bsz == cfg['examples'], (bsz, steps, n_ckpt)
-      run = functools.partial(grid_run, batch_size=bsz, n_ckpt=n_ckpt,
-                              steps_per_ckpt=spc)
-      half = n_lr // 2
-      ks = list(range(centre_k - half, centre_k - half + n_lr))
-      recs = {}
-
-      def do_grid(ks_now):
-        lrs = jnp.asarray([10.0 ** (k / per_decade) for k in ks_now],
-                          jnp.float32)
-        t0 = time.time()
-        out = jax.device_get(run(params0, lrs, b1a, b2a, data, curve_set,
-                                 final_set, test_set))
-        for j, k in enumerate(ks_now):
-          recs[k] = dict(
-              lr=float(10.0 ** (k / per_decade)),
-              train_curve=np.asarray(out[0][j], float),
-              eval_curve=np.asarray(out[1][j], float),
-              final_loss=float(out[2][j]), test_loss=float(out[3][j]),
-              test_acc=float(out[4][j]))
-        return time.time() - t0
-
-      dt = do_grid(ks)
-      for _ in range(cfg['max_ext']):
-        kk = sorted(recs)
-        fl = finite_or_inf([recs[k]['final_loss'] for k in kk])
-        i = int(np.argmin(fl))
-        if not np.isfinite(fl[i]):
-          break
-        if i == 0:
-          new = list(range(kk[0] - n_lr, kk[0]))
-        elif i == len(kk) - 1:
-          new = list(range(kk[-1] + 1, kk[-1] + 1 + n_lr))
-        else:
-          break
-        log(f'  {opt_name} B={bsz}: best LR at the grid edge, extending')
-        dt += do_grid(new)
-      kk = sorted(recs)
-      lr_grid = np.array([recs[k]['lr'] for k in kk])
-      fl = finite_or_inf([recs[k]['final_loss'] for k in kk])
-      i = int(np.argmin(fl))
-      xv, yv, refined = parabola_argmin(np.log10(lr_grid), np.log(fl), i)
-      yv = float(np.exp(yv))
-      per_b[bsz] = dict(
-          steps=steps, n_ckpt=n_ckpt, steps_per_ckpt=spc,
-          lrs=lr_grid.tolist(), ks=kk, runs=[recs[k] for k in kk],
-          best_idx_loss=i, best_lr_loss=10.0 ** xv,
-          best_lr_loss_grid=float(lr_grid[i]), best_final_loss=float(fl[i]),
-          best_final_loss_parabola=yv, loss_refined=refined,
-          loss_at_edge=bool(i in (0, len(kk) - 1)), seconds=dt)
-      centre_k = int(round(xv * per_decade))
-      log(f'  {opt_name} B={bsz:5d}: {len(kk)} LRs, {dt:6.1f}s, best LR '
-          f'{10 ** xv:.3g} (grid {lr_grid[i]:.3g}), final loss {fl[i]:.4f}')
-
-    # Steps-to-target criterion.
-    reach = {b: float(np.nanmin([np.nanmin(np.where(np.isfinite(r['eval_curve']),
-                                                    r['eval_curve'], np.nan))
-                                 if np.isfinite(r['eval_curve']).any()
-                                 else np.nan for r in per_b[b]['runs']]))
-             for b in bs_list}
-    worst = sorted(reach.values(), reverse=True)
-    target = float(worst[1] if len(worst) > 2 else worst[0]) * 1.02
-    for bsz in bs_list:
-      pb = per_b[bsz]
-      st = np.array([steps_to_target(r['eval_curve'], loss0,
-                                     pb['steps_per_ckpt'], target)
-                     for r in pb['runs']])
-      pb['steps_to_target'] = st.tolist()
-      if np.isfinite(st).any() and np.all(st[np.isfinite(st)] > 0):
-        logs = np.log(finite_or_inf(st))
-        i = int(np.argmin(logs))
-        xv, yv, refined = parabola_argmin(np.log10(pb['lrs']), logs, i)
-        pb.update(best_idx_steps=i, best_lr_steps=10.0 ** xv,
-                  best_steps=float(min(np.exp(yv), st[i])),
-                  steps_refined=refined,
-                  steps_at_edge=bool(i in (0, len(st) - 1)))
-      else:
-        pb.update(best_idx_steps=None, best_lr_steps=float('nan'),
-                  best_steps=float('nan'), steps_refined=False,
-                  steps_at_edge=False)
-    reached = [b for b in bs_list if np.isfinite(per_b[b]['best_steps'])]
-    steps_fit = None
-    if len(reached) >= 2:
-      s_arr = np.array([per_b[b]['best_steps'] for b in reached])
-      e_arr = s_arr * np.array(reached, float)
-      with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        sf = scaling.b_noise_from_steps(s_arr, e_arr)
-      steps_fit = dict(b_noise=sf.b_noise, s_min=sf.s_min, e_min=sf.e_min,
-                       batch_sizes=reached,
-                       warnings=[str(w.message) for w in caught])
-    log(f'  {opt_name}: target loss {target:.4f} reached by B={reached}; '
-        f'B_noise from steps: '
-        f'{steps_fit["b_noise"] if steps_fit else float("nan"):.4g}')
-
-    # AutoWU per batch size.
-    for bsz in bs_list:
-      total = max(cfg['examples'] // bsz, cfg['autowu_min_steps'])
-      n_ckpt = min(cfg['n_ckpt'], total)
-      spc = total // n_ckpt
-      t0 = time.time()
-      out = jax.device_get(autowu_run(
-          params0, b1a, b2a, data, curve_set, final_set, test_set,
-          batch_size=bsz, n_ckpt=n_ckpt, steps_per_ckpt=spc,
-          total_steps=total, steps_per_epoch=min(n_train // bsz, total)))
-      dt = time.time() - t0
-      reason = int(out['reason'])
-      per_b[bsz]['autowu'] = dict(
-          total_steps=total, examples=total * bsz, steps_per_ckpt=spc,
-          switch_step=int(out['switch_step']),
-          restart_lr=float(out['restart_lr']), reason=reason,
-          reason_name=optax_autolr.SWITCH_REASONS[reason],
-          final_loss=float(out['final_loss']),
-          test_loss=float(out['test_loss']), test_acc=float(out['test_acc']),
-          train_curve=np.asarray(out['train_curve'], float),
-          eval_curve=np.asarray(out['eval_curve'], float),
-          lr_curve=np.asarray(out['lr_curve'], float), seconds=dt)
-      a = per_b[bsz]['autowu']
-      log(f'  {opt_name} B={bsz:5d} AutoWU: {total} steps, {dt:5.1f}s, '
-          f'switch {a["switch_step"]} ({a["reason_name"]}), restart LR '
-          f'{a["restart_lr"]:.3g} (grid best {per_b[bsz]["best_lr_loss"]:.3g})')
-
-    # Gradient noise scale from a reference run.
-    rb = cfg['ref_batch'] if cfg['ref_batch'] in per_b else bs_list[0]
-    ref_lr = per_b[rb]['best_lr_loss']
-    steps = cfg['examples'] // rb
-    npts = cfg['ns_points']
-    t0 = time.time()
-    tr_c, ev_c, stats = jax.device_get(reference_run(
-        params0, jnp.float32(ref_lr), b1a, b2a, data, curve_set,
-        jax.random.key(SEED + 2), batch_size=rb, n_points=npts,
-        steps_per_point=steps // npts, ns_batch=cfg['ns_batch'],
-        ns_k=cfg['ns_k'], ns_reps=cfg['ns_reps']))
-    g2 = np.asarray(stats.g2, np.float64).mean(axis=1)
-    tr = np.asarray(stats.trace_sigma, np.float64).mean(axis=1)
-    b_pts = [float(scaling.b_simple(scaling.NoiseStats(g, t)))
-             for g, t in zip(g2, tr)]
-    b_pool = float(scaling.b_simple(scaling.NoiseStats(g2.mean(), tr.mean())))
-    noise = dict(
-        ref_batch=rb, ref_lr=ref_lr, ns_batch=cfg['ns_batch'],
-        ns_k=cfg['ns_k'], ns_reps=cfg['ns_reps'],
-        at_steps=[(p + 1) * (steps // npts) for p in range(npts)],
-        eval_loss=np.asarray(ev_c, float).tolist(), g2=g2.tolist(),
-        trace_sigma=tr.tolist(), b_simple=b_pts,
-        b_simple_mean=float(np.mean(b_pts)),
-        b_simple_min=float(np.min(b_pts)), b_simple_max=float(np.max(b_pts)),
-        b_simple_pooled=b_pool, seconds=time.time() - t0)
-    log(f'  {opt_name}: B_simple at {noise["at_steps"]}: '
-        f'{np.round(b_pts, 1).tolist()}')
-
+      per_b[bsz]['autowu'] = _autowu_at(
+          cfg, opt_name, bsz, functools.partial(autowu_run, params0, b1a, b2a, *sets),
+          n_train, per_b[bsz]['best_lr_loss'])
+    noise = _noise_scale(
+        cfg, opt_name, per_b,
+        lambda lr, key, b1=b1a, b2=b2a, **kw: reference_run(
+            params0, lr, b1, b2, data, curve_set, key, **kw))
     bl = [per_b[b]['best_lr_loss'] for b in bs_list]
     bsteps = [per_b[b]['best_lr_steps'] for b in bs_list]
     bauto = [per_b[b]['autowu']['restart_lr'] for b in bs_list]

@@ -724,6 +724,63 @@ def fit(
     return compile_s
 
 
+def _resume(s: Setup, ckpt: _Checkpointer, hist: dict[str, list], metrics_path: Path,
+            epochs_path: Path, log: Callable[..., None]) -> tuple[int, float, list, list]:
+    """Restores the latest checkpoint into ``s`` and the history rows before it.
+
+    Returns ``(start_epoch, prior_train_time, metrics_rows, epoch_rows)``
+    (``0, 0.0, [], []`` when the directory holds no checkpoint).
+    """
+    cfg = s.cfg
+    restored = ckpt.restore(s.model_state, s.opt_state)
+    if restored is None:
+        log(f"no checkpoint in {cfg.checkpoint_dir}; starting from scratch")
+        return 0, 0.0, [], []
+    s.model_state, s.opt_state, meta = restored
+    start_epoch = int(meta["epoch"])
+    if (meta.get("total_steps") not in (None, s.total_steps)
+            and not meta["autowu_config_diffs"]):
+        warnings.warn(
+            f"resuming a run made for {meta['total_steps']} steps with "
+            f"{s.total_steps} total steps: the schedule changes", stacklevel=3)
+    last_step = start_epoch * s.steps_per_epoch
+    old_rows = [r for r in _read_jsonl(metrics_path) if r["step"] < last_step]
+    epoch_rows = [r for r in _read_jsonl(epochs_path) if r["epoch"] < start_epoch]
+    for r in old_rows:
+        for k in hist:
+            v = r.get(k)
+            hist[k].append(float("nan") if v is None else v)
+    log(f"resumed from epoch {start_epoch} ({cfg.checkpoint_dir})")
+    return start_epoch, float(meta.get("train_time_s", 0.0)), old_rows, epoch_rows
+
+
+def _switch_and_posterior(s: Setup, plot: bool) -> tuple[dict[str, Any], dict | None]:
+    """AutoWU's switch (step, restart LR, reason) and, for the plot, the GP posterior."""
+    switch: dict[str, Any] = {"switch_step": None, "restart_lr": None, "switch_reason": None}
+    if not s.info.is_autowu:
+        return switch, None
+    pure_opt = nnx.as_pure(nnx.merge(s.gd_opt, s.opt_state).opt_state)
+    s_step, r_lr, reason = (np.asarray(v) for v in
+                            jax.device_get(optax_autolr.get_switch(pure_opt)))
+    switch = {
+        "switch_step": int(s_step) if int(s_step) >= 0 else None,
+        "restart_lr": float(r_lr) if int(s_step) >= 0 else None,
+        "switch_reason": optax_autolr.SWITCH_REASONS[int(reason)],
+    }
+    posterior = None
+    if plot:  # The posterior is only drawn, never reported.
+        try:
+            # The GP constants come from the state (compiled once per run).
+            grid, res = optax_autolr.loss_curve_posterior(pure_opt)
+            grid, m, v = (np.asarray(a, np.float64) for a in
+                          jax.device_get((grid, res.posterior.mean, res.posterior.var)))
+            if np.all(np.isfinite(m)) and np.all(np.isfinite(v)):
+                posterior = {"step": grid, "mean": m, "std": np.sqrt(np.maximum(v, 0.0))}
+        except Exception as e:  # noqa: BLE001 - a plot aid must not fail the run.
+            warnings.warn(f"loss_curve_posterior failed: {e}", stacklevel=3)
+    return switch, posterior
+
+
 def run(
     config: TrainConfig | dict[str, Any] | None = None,
     dataset: data_lib.Dataset | None = None,
@@ -771,26 +828,8 @@ def run(
                              "checkpoints: pass --resume to continue that run, or choose "
                              "another --checkpoint-dir")
     if ckpt is not None and cfg.resume:
-        restored = ckpt.restore(s.model_state, s.opt_state)
-        if restored is None:
-            log(f"no checkpoint in {cfg.checkpoint_dir}; starting from scratch")
-        else:
-            s.model_state, s.opt_state, meta = restored
-            start_epoch = int(meta["epoch"])
-            if (meta.get("total_steps") not in (None, s.total_steps)
-                    and not meta["autowu_config_diffs"]):
-                warnings.warn(
-                    f"resuming a run made for {meta['total_steps']} steps with "
-                    f"{s.total_steps} total steps: the schedule changes", stacklevel=2)
-            prior_time = float(meta.get("train_time_s", 0.0))
-            last_step = start_epoch * steps_per_epoch
-            old_rows = [r for r in _read_jsonl(metrics_path) if r["step"] < last_step]
-            epoch_rows = [r for r in _read_jsonl(epochs_path) if r["epoch"] < start_epoch]
-            for r in old_rows:
-                for k in hist:
-                    v = r.get(k)
-                    hist[k].append(float("nan") if v is None else v)
-            log(f"resumed from epoch {start_epoch} ({cfg.checkpoint_dir})")
+        start_epoch, prior_time, old_rows, epoch_rows = _resume(
+            s, ckpt, hist, metrics_path, epochs_path, log)
     # Start the files afresh (after a resume: rewritten up to the restored point).
     _write_jsonl(metrics_path, old_rows, mode="w")
     _write_jsonl(epochs_path, epoch_rows, mode="w")
@@ -845,29 +884,7 @@ def run(
     train_time = prior_time + time.perf_counter() - t_train
     tb.close()
 
-    # AutoWU switch + posterior at the switch.
-    pure_opt = nnx.as_pure(nnx.merge(s.gd_opt, s.opt_state).opt_state)
-    switch: dict[str, Any] = {"switch_step": None, "restart_lr": None, "switch_reason": None}
-    posterior = None
-    if is_autowu:
-        s_step, r_lr, reason = (np.asarray(v) for v in
-                                jax.device_get(optax_autolr.get_switch(pure_opt)))
-        switch = {
-            "switch_step": int(s_step) if int(s_step) >= 0 else None,
-            "restart_lr": float(r_lr) if int(s_step) >= 0 else None,
-            "switch_reason": optax_autolr.SWITCH_REASONS[int(reason)],
-        }
-    if is_autowu and cfg.plot:  # The posterior is only drawn, never reported.
-        try:
-            # The GP constants come from the state (compiled once per run).
-            grid, res = optax_autolr.loss_curve_posterior(pure_opt)
-            grid, m, v = (np.asarray(a, np.float64) for a in
-                          jax.device_get((grid, res.posterior.mean, res.posterior.var)))
-            if np.all(np.isfinite(m)) and np.all(np.isfinite(v)):
-                posterior = {"step": grid, "mean": m, "std": np.sqrt(np.maximum(v, 0.0))}
-        except Exception as e:  # noqa: BLE001 - a plot aid must not fail the run.
-            warnings.warn(f"loss_curve_posterior failed: {e}", stacklevel=2)
-
+    switch, posterior = _switch_and_posterior(s, plot=cfg.plot)
     accs = [r["test_accuracy"] for r in epoch_rows]
     final_acc = accs[-1] if accs else None
     summary: dict[str, Any] = {
