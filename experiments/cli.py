@@ -40,125 +40,125 @@ __all__ = [
 
 
 class UsageError(ValueError):
-    """A user error of a command line; the message names the flag.
+  """A user error of a command line; the message names the flag.
 
-    ``str(error)`` is one line, optionally followed by one hint line.
-    """
+  ``str(error)`` is one line, optionally followed by one hint line.
+  """
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are at most two lines on stderr (exit status 2)."""
+  """argparse whose errors are at most two lines on stderr (exit status 2)."""
 
-    def error(self, message: str) -> NoReturn:
-        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-        first = lines[0] if lines else "invalid arguments"
-        hint = " ".join(lines[1:]) or f"(see {self.prog} --help)"
-        self.exit(2, f"{self.prog}: error: {first}\n  {hint}\n")
+  def error(self, message: str) -> NoReturn:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    first = lines[0] if lines else "invalid arguments"
+    hint = " ".join(lines[1:]) or f"(see {self.prog} --help)"
+    self.exit(2, f"{self.prog}: error: {first}\n  {hint}\n")
 
 
 @contextlib.contextmanager
 def usage_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
-    """Turns a :class:`UsageError` raised inside into ``parser.error`` (exit 2)."""
-    try:
-        yield
-    except UsageError as e:
-        parser.error(str(e))
+  """Turns a :class:`UsageError` raised inside into ``parser.error`` (exit 2)."""
+  try:
+    yield
+  except UsageError as e:
+    parser.error(str(e))
 
 
 def _named(fn: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    # argparse names the type callable in some messages; never a private name.
-    fn.__name__ = fn.__qualname__ = name
-    return fn
+  # argparse names the type callable in some messages; never a private name.
+  fn.__name__ = fn.__qualname__ = name
+  return fn
 
 
 def _range_text(low: float | None, high: float | None, low_open: bool,
                 high_open: bool) -> str:
-    def fmt(v: float) -> str:
-        return f"{v:g}"
+  def fmt(v: float) -> str:
+    return f"{v:g}"
 
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {fmt(low)}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {fmt(high)}"
-    return ""
+  if low is not None and high is not None:
+    return f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
+  if low is not None:
+    return f"{'>' if low_open else '>='} {fmt(low)}"
+  if high is not None:
+    return f"{'<' if high_open else '<='} {fmt(high)}"
+  return ""
 
 
 def integer(minimum: int | None = None, maximum: int | None = None, *,
             words: tuple[str, ...] = ()) -> Callable[[str], Any]:
-    """``type=`` for an integer in ``[minimum, maximum]``, or one of ``words``."""
-    rng = _range_text(minimum, maximum, False, False)
-    want = "an integer" + (f" {rng}" if rng else "")
-    if words:
-        want += " or " + " or ".join(repr(w) for w in words)
+  """``type=`` for an integer in ``[minimum, maximum]``, or one of ``words``."""
+  rng = _range_text(minimum, maximum, False, False)
+  want = "an integer" + (f" {rng}" if rng else "")
+  if words:
+    want += " or " + " or ".join(repr(w) for w in words)
 
-    def parse(s: str) -> Any:
-        if s.strip().lower() in words:
-            return s.strip().lower()
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}") from None
-        if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
-            raise argparse.ArgumentTypeError(f"expected {want}, got {v}")
-        return v
+  def parse(s: str) -> Any:
+    if s.strip().lower() in words:
+      return s.strip().lower()
+    try:
+      v = int(s)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}") from None
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+      raise argparse.ArgumentTypeError(f"expected {want}, got {v}")
+    return v
 
-    return _named(parse, "integer")
+  return _named(parse, "integer")
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
            high_open: bool = False, none: bool = False) -> Callable[[str], Any]:
-    """``type=`` for a finite number in the range (``none``: 'none' gives None)."""
-    rng = _range_text(low, high, low_open, high_open)
-    want = "a number" + (f" {rng}" if rng else "") + (" or 'none'" if none else "")
+  """``type=`` for a finite number in the range (``none``: 'none' gives None)."""
+  rng = _range_text(low, high, low_open, high_open)
+  want = "a number" + (f" {rng}" if rng else "") + (" or 'none'" if none else "")
 
-    def parse(s: str) -> float | None:
-        if none and s.strip().lower() == "none":
-            return None
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}") from None
-        bad = (not math.isfinite(v)
-               or (low is not None and (v < low or (low_open and v == low)))
-               or (high is not None and (v > high or (high_open and v == high))))
-        if bad:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {s.strip()}")
-        return v
+  def parse(s: str) -> float | None:
+    if none and s.strip().lower() == "none":
+      return None
+    try:
+      v = float(s)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {want}, got {s!r}") from None
+    bad = (not math.isfinite(v)
+           or (low is not None and (v < low or (low_open and v == low)))
+           or (high is not None and (v > high or (high_open and v == high))))
+    if bad:
+      raise argparse.ArgumentTypeError(f"expected {want}, got {s.strip()}")
+    return v
 
-    return _named(parse, "number")
+  return _named(parse, "number")
 
 
 def list_of(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """``type=`` for a comma- or space-separated list of ``item`` values."""
+  """``type=`` for a comma- or space-separated list of ``item`` values."""
 
-    def parse(s: str) -> list[Any]:
-        vals = [item(v) for v in s.replace(",", " ").split()]
-        if not vals:
-            raise argparse.ArgumentTypeError("expected at least one value, got an empty list")
-        return vals
+  def parse(s: str) -> list[Any]:
+    vals = [item(v) for v in s.replace(",", " ").split()]
+    if not vals:
+      raise argparse.ArgumentTypeError("expected at least one value, got an empty list")
+    return vals
 
-    return _named(parse, "list")
+  return _named(parse, "list")
 
 
 def _existing(noun: str, is_kind: Callable[[Path], bool]) -> Callable[[str], str]:
-    def parse(s: str) -> str:
-        p = Path(s).expanduser()
-        if not p.exists():
-            raise argparse.ArgumentTypeError(f"no such {noun}: {s}")
-        if not is_kind(p):
-            raise argparse.ArgumentTypeError(f"not a {noun}: {s}")
-        return s
+  def parse(s: str) -> str:
+    p = Path(s).expanduser()
+    if not p.exists():
+      raise argparse.ArgumentTypeError(f"no such {noun}: {s}")
+    if not is_kind(p):
+      raise argparse.ArgumentTypeError(f"not a {noun}: {s}")
+    return s
 
-    return parse
+  return parse
 
 
 def _output_dir(s: str) -> str:
-    p = Path(s).expanduser()
-    if p.exists() and not p.is_dir():
-        raise argparse.ArgumentTypeError(f"exists and is not a directory: {s}")
-    return s
+  p = Path(s).expanduser()
+  if p.exists() and not p.is_dir():
+    raise argparse.ArgumentTypeError(f"exists and is not a directory: {s}")
+  return s
 
 
 existing_file = _named(_existing("file", Path.is_file), "file")
@@ -171,12 +171,12 @@ output_dir = _named(_output_dir, "directory")
 
 def add_output_flags(p: argparse.ArgumentParser, *, quick: str, out_dir: str,
                      from_json: str | None = None) -> None:
-    """The flags every experiment script shares: ``--quick``, ``--out-dir``, ``--from-json``.
+  """The flags every experiment script shares: ``--quick``, ``--out-dir``, ``--from-json``.
 
-    The arguments are the help texts; ``from_json=None`` leaves that flag out.
-    """
-    p.add_argument("--quick", action="store_true", help=quick)
-    p.add_argument("--out-dir", type=output_dir, default=None, help=out_dir)
-    if from_json is not None:
-        p.add_argument("--from-json", type=existing_file, default=None, metavar="PATH",
-                       help=from_json)
+  The arguments are the help texts; ``from_json=None`` leaves that flag out.
+  """
+  p.add_argument("--quick", action="store_true", help=quick)
+  p.add_argument("--out-dir", type=output_dir, default=None, help=out_dir)
+  if from_json is not None:
+    p.add_argument("--from-json", type=existing_file, default=None, metavar="PATH",
+                   help=from_json)

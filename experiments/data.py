@@ -85,84 +85,84 @@ _IDX_CODES: dict[np.dtype, int] = {
 
 
 def read_idx(path: PathLike) -> np.ndarray:
-    """Reads an IDX file (as used by MNIST / Fashion-MNIST) into numpy.
+  """Reads an IDX file (as used by MNIST / Fashion-MNIST) into numpy.
 
-    The file may be gzip-compressed (``.gz`` suffix or gzip magic bytes).
+  The file may be gzip-compressed (``.gz`` suffix or gzip magic bytes).
 
-    Args:
-      path: File to read.
+  Args:
+    path: File to read.
 
-    Returns:
-      A writable, native-endian array with the shape stored in the header.
+  Returns:
+    A writable, native-endian array with the shape stored in the header.
 
-    Raises:
-      FileNotFoundError: If ``path`` does not exist.
-      ValueError: If the file is not valid IDX: corrupt gzip stream, wrong
-        magic number, unknown type code, truncated header, or a payload whose
-        size differs from the product of the dimensions. The message names
-        the file.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt gzip stream ({e})") from e
-    if len(data) < 4:
-        raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
-    zero, code, ndim = struct.unpack_from(">HBB", data, 0)
-    if zero != 0 or code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(
-            f"{path}: not an IDX file (magic number 0x{data[:4].hex()}; expected "
-            f"0x0000 + type code in {{{', '.join(hex(c) for c in _IDX_DTYPES)}}}"
-            " + ndim >= 1)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header (ndim={ndim}, {len(data)} bytes)")
-    dims = struct.unpack_from(f">{ndim}I", data, 4)
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(data) - header
-    if got != expected:
-        what = "truncated" if got < expected else "has trailing bytes"
-        raise ValueError(
-            f"{path}: IDX payload {what}: dims {tuple(dims)} x {dtype.itemsize} B "
-            f"need {expected} bytes, file has {got}"
-        )
-    arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
-    # Copy: frombuffer on bytes is read-only; also converts to native byte order.
-    return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+  Raises:
+    FileNotFoundError: If ``path`` does not exist.
+    ValueError: If the file is not valid IDX: corrupt gzip stream, wrong
+      magic number, unknown type code, truncated header, or a payload whose
+      size differs from the product of the dimensions. The message names
+      the file.
+  """
+  path = Path(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  if path.suffix == ".gz" or data[:2] == b"\x1f\x8b":
+    try:
+      data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+      raise ValueError(f"{path}: corrupt gzip stream ({e})") from e
+  if len(data) < 4:
+    raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+  zero, code, ndim = struct.unpack_from(">HBB", data, 0)
+  if zero != 0 or code not in _IDX_DTYPES or ndim == 0:
+    raise ValueError(
+        f"{path}: not an IDX file (magic number 0x{data[:4].hex()}; expected "
+        f"0x0000 + type code in {{{', '.join(hex(c) for c in _IDX_DTYPES)}}}"
+        " + ndim >= 1)"
+    )
+  header = 4 + 4 * ndim
+  if len(data) < header:
+    raise ValueError(f"{path}: truncated IDX header (ndim={ndim}, {len(data)} bytes)")
+  dims = struct.unpack_from(f">{ndim}I", data, 4)
+  dtype = _IDX_DTYPES[code]
+  expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+  got = len(data) - header
+  if got != expected:
+    what = "truncated" if got < expected else "has trailing bytes"
+    raise ValueError(
+        f"{path}: IDX payload {what}: dims {tuple(dims)} x {dtype.itemsize} B "
+        f"need {expected} bytes, file has {got}"
+    )
+  arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
+  # Copy: frombuffer on bytes is read-only; also converts to native byte order.
+  return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
 
 def write_idx(path: PathLike, array: np.ndarray) -> None:
-    """Writes ``array`` as an IDX file, gzip-compressed if ``path`` ends in ``.gz``.
+  """Writes ``array`` as an IDX file, gzip-compressed if ``path`` ends in ``.gz``.
 
-    Args:
-      path: Destination file.
-      array: Array of dtype uint8, int8, int16, int32, float32 or float64 with
-        at least one dimension.
+  Args:
+    path: Destination file.
+    array: Array of dtype uint8, int8, int16, int32, float32 or float64 with
+      at least one dimension.
 
-    Raises:
-      ValueError: For unsupported dtypes or 0-d arrays.
-    """
-    array = np.asarray(array)
-    native = np.dtype(array.dtype.newbyteorder("="))
-    if native not in _IDX_CODES:
-        raise ValueError(f"write_idx: unsupported dtype {array.dtype}")
-    if array.ndim == 0 or array.ndim > 255:
-        raise ValueError(f"write_idx: need 1..255 dimensions, got {array.ndim}")
-    code = _IDX_CODES[native]
-    header = struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape)
-    payload = np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    path = Path(path)
-    if path.suffix == ".gz":
-        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write(header + payload)
-    else:
-        path.write_bytes(header + payload)
+  Raises:
+    ValueError: For unsupported dtypes or 0-d arrays.
+  """
+  array = np.asarray(array)
+  native = np.dtype(array.dtype.newbyteorder("="))
+  if native not in _IDX_CODES:
+    raise ValueError(f"write_idx: unsupported dtype {array.dtype}")
+  if array.ndim == 0 or array.ndim > 255:
+    raise ValueError(f"write_idx: need 1..255 dimensions, got {array.ndim}")
+  code = _IDX_CODES[native]
+  header = struct.pack(f">HBB{array.ndim}I", 0, code, array.ndim, *array.shape)
+  payload = np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
+  path = Path(path)
+  if path.suffix == ".gz":
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+      f.write(header + payload)
+  else:
+    path.write_bytes(header + payload)
 
 
 # ---------------------------------------------------------------------------
@@ -196,173 +196,173 @@ NORM_STATS: dict[str, tuple[Any, Any]] = {
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """No source for the requested dataset was found; the message says how to get it.
+  """No source for the requested dataset was found; the message says how to get it.
 
-    ``brief``: the same in two lines (what was tried; how to get it), for
-    command lines.
-    """
+  ``brief``: the same in two lines (what was tried; how to get it), for
+  command lines.
+  """
 
-    brief: str = ""
+  brief: str = ""
 
 
 class Dataset(NamedTuple):
-    """An in-memory dataset.
+  """An in-memory dataset.
 
-    Attributes:
-      train_x: ``uint8`` images, shape ``(N, H, W, C)``.
-      train_y: ``int32`` labels, shape ``(N,)``.
-      test_x: ``uint8`` images, shape ``(M, H, W, C)``.
-      test_y: ``int32`` labels, shape ``(M,)``.
-      num_classes: Number of classes.
-      name: Canonical dataset name, e.g. ``"fashion_mnist"``.
-      source: Where the data came from, e.g. ``"idx:/usr/share/datasets/fashion-mnist"``
-        or ``"tfds:fashion_mnist"``.
-    """
+  Attributes:
+    train_x: ``uint8`` images, shape ``(N, H, W, C)``.
+    train_y: ``int32`` labels, shape ``(N,)``.
+    test_x: ``uint8`` images, shape ``(M, H, W, C)``.
+    test_y: ``int32`` labels, shape ``(M,)``.
+    num_classes: Number of classes.
+    name: Canonical dataset name, e.g. ``"fashion_mnist"``.
+    source: Where the data came from, e.g. ``"idx:/usr/share/datasets/fashion-mnist"``
+      or ``"tfds:fashion_mnist"``.
+  """
 
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    num_classes: int
-    name: str
-    source: str
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  name: str
+  source: str
 
 
 def _canonical_name(name: str) -> str:
-    canon = name.lower().replace("-", "_")
-    canon = {"fmnist": "fashion_mnist", "cifar_10": "cifar10"}.get(canon, canon)
-    if canon not in _NUM_CLASSES:
-        raise ValueError(f"Unknown dataset {name!r}; supported: {sorted(_NUM_CLASSES)}")
-    return canon
+  canon = name.lower().replace("-", "_")
+  canon = {"fmnist": "fashion_mnist", "cifar_10": "cifar10"}.get(canon, canon)
+  if canon not in _NUM_CLASSES:
+    raise ValueError(f"Unknown dataset {name!r}; supported: {sorted(_NUM_CLASSES)}")
+  return canon
 
 
 def _how_to_get(name: str) -> str:
-    if name == "cifar10":
-        return (
-            "To get CIFAR-10, either\n"
-            "  * pip install tensorflow-datasets && "
-            "python -c \"import tensorflow_datasets as tfds; tfds.load('cifar10')\"\n"
-            "  * or pass --data-dir pointing to the extracted cifar-10-batches-py "
-            "(or cifar-10-batches-bin) directory from https://www.cs.toronto.edu/~kriz/cifar.html"
-        )
-    files = ", ".join(f + "[.gz]" for f in IDX_FILES.values())
-    lines = [f"To get {name}, either"]
-    if name == "fashion_mnist":
-        lines.append("  * sudo apt-get install dataset-fashion-mnist")
-    lines.append(
+  if name == "cifar10":
+    return (
+        "To get CIFAR-10, either\n"
         "  * pip install tensorflow-datasets && "
-        f"python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\""
+        "python -c \"import tensorflow_datasets as tfds; tfds.load('cifar10')\"\n"
+        "  * or pass --data-dir pointing to the extracted cifar-10-batches-py "
+        "(or cifar-10-batches-bin) directory from https://www.cs.toronto.edu/~kriz/cifar.html"
     )
-    lines.append(f"  * or pass --data-dir DIR with the 4 IDX files: {files}")
-    return "\n".join(lines)
+  files = ", ".join(f + "[.gz]" for f in IDX_FILES.values())
+  lines = [f"To get {name}, either"]
+  if name == "fashion_mnist":
+    lines.append("  * sudo apt-get install dataset-fashion-mnist")
+  lines.append(
+      "  * pip install tensorflow-datasets && "
+      f"python -c \"import tensorflow_datasets as tfds; tfds.load('{name}')\""
+  )
+  lines.append(f"  * or pass --data-dir DIR with the 4 IDX files: {files}")
+  return "\n".join(lines)
 
 
 def _not_found(name: str, tried: list[str]) -> DatasetNotFoundError:
-    msg = f"Dataset {name!r} not found. Tried:\n" + "\n".join(f"  - {t}" for t in tried)
-    err = DatasetNotFoundError(msg + "\n" + _how_to_get(name))
-    ways = [line.strip(" *") for line in _how_to_get(name).splitlines()[1:]]
-    ways[-1] = ways[-1].removeprefix("or ")
-    err.brief = (f"dataset {name!r} not found ({'; '.join(tried)})\n"
-                 f"to get it: {'; or '.join(ways)}")
-    return err
+  msg = f"Dataset {name!r} not found. Tried:\n" + "\n".join(f"  - {t}" for t in tried)
+  err = DatasetNotFoundError(msg + "\n" + _how_to_get(name))
+  ways = [line.strip(" *") for line in _how_to_get(name).splitlines()[1:]]
+  ways[-1] = ways[-1].removeprefix("or ")
+  err.brief = (f"dataset {name!r} not found ({'; '.join(tried)})\n"
+               f"to get it: {'; or '.join(ways)}")
+  return err
 
 
 def _find_idx_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
-    """Returns ``(found, missing)`` for the 4 IDX files (raw preferred over .gz)."""
-    found, missing = {}, []
-    for key, base in IDX_FILES.items():
-        for candidate in (directory / base, directory / (base + ".gz")):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
-            missing.append(base + "[.gz]")
-    return found, missing
+  """Returns ``(found, missing)`` for the 4 IDX files (raw preferred over .gz)."""
+  found, missing = {}, []
+  for key, base in IDX_FILES.items():
+    for candidate in (directory / base, directory / (base + ".gz")):
+      if candidate.is_file():
+        found[key] = candidate
+        break
+    else:
+      missing.append(base + "[.gz]")
+  return found, missing
 
 
 def _load_idx_dir(files: dict[str, Path], num_classes: int) -> tuple[np.ndarray, ...]:
-    out = []
-    for split in ("train", "test"):
-        xf, yf = files[f"{split}_x"], files[f"{split}_y"]
-        x, y = read_idx(xf), read_idx(yf)
-        if x.dtype != np.uint8 or x.ndim != 3:
-            raise ValueError(f"{xf}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
-        if y.ndim != 1:
-            raise ValueError(f"{yf}: expected 1-d labels, got shape {y.shape}")
-        if len(x) != len(y):
-            raise ValueError(f"{xf} has {len(x)} images but {yf} has {len(y)} labels")
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"{yf}: labels outside [0, {num_classes})")
-        out += [x[..., None], y.astype(np.int32)]
-    return tuple(out)
+  out = []
+  for split in ("train", "test"):
+    xf, yf = files[f"{split}_x"], files[f"{split}_y"]
+    x, y = read_idx(xf), read_idx(yf)
+    if x.dtype != np.uint8 or x.ndim != 3:
+      raise ValueError(f"{xf}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
+    if y.ndim != 1:
+      raise ValueError(f"{yf}: expected 1-d labels, got shape {y.shape}")
+    if len(x) != len(y):
+      raise ValueError(f"{xf} has {len(x)} images but {yf} has {len(y)} labels")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f"{yf}: labels outside [0, {num_classes})")
+    out += [x[..., None], y.astype(np.int32)]
+  return tuple(out)
 
 
 def _load_cifar_dir(directory: Path) -> tuple[tuple[np.ndarray, ...], Path]:
-    """Loads CIFAR-10 from the python (pickle) or binary distribution."""
-    candidates = [directory, directory / "cifar-10-batches-py", directory / "cifar-10-batches-bin"]
-    train_names = [f"data_batch_{i}" for i in range(1, 6)]
-    for d in candidates:
-        if all((d / n).is_file() for n in train_names + ["test_batch"]):
-            # Python format (pickled dicts). Only load files you trust.
-            def read(p: Path) -> tuple[np.ndarray, np.ndarray]:
-                try:
-                    with open(p, "rb") as f:
-                        batch = pickle.load(f, encoding="bytes")
-                    x = np.asarray(batch[b"data"], dtype=np.uint8)
-                    y = np.asarray(batch[b"labels"], dtype=np.int32)
-                    x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-                except Exception as e:  # noqa: BLE001 - any parse failure is corrupt data.
-                    raise ValueError(f"{p}: not a CIFAR-10 python batch ({e})") from e
-                return x, y
+  """Loads CIFAR-10 from the python (pickle) or binary distribution."""
+  candidates = [directory, directory / "cifar-10-batches-py", directory / "cifar-10-batches-bin"]
+  train_names = [f"data_batch_{i}" for i in range(1, 6)]
+  for d in candidates:
+    if all((d / n).is_file() for n in train_names + ["test_batch"]):
+      # Python format (pickled dicts). Only load files you trust.
+      def read(p: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+          with open(p, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+          x = np.asarray(batch[b"data"], dtype=np.uint8)
+          y = np.asarray(batch[b"labels"], dtype=np.int32)
+          x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        except Exception as e:  # noqa: BLE001 - any parse failure is corrupt data.
+          raise ValueError(f"{p}: not a CIFAR-10 python batch ({e})") from e
+        return x, y
 
-            break
-        if all((d / (n + ".bin")).is_file() for n in train_names + ["test_batch"]):
+      break
+    if all((d / (n + ".bin")).is_file() for n in train_names + ["test_batch"]):
 
-            def read(p: Path) -> tuple[np.ndarray, np.ndarray]:
-                raw = np.fromfile(p.with_name(p.name + ".bin"), dtype=np.uint8)
-                if raw.size % 3073:
-                    raise ValueError(f"{p}.bin: size {raw.size} is not a multiple of 3073")
-                raw = raw.reshape(-1, 3073)
-                x = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-                return x, raw[:, 0].astype(np.int32)
+      def read(p: Path) -> tuple[np.ndarray, np.ndarray]:
+        raw = np.fromfile(p.with_name(p.name + ".bin"), dtype=np.uint8)
+        if raw.size % 3073:
+          raise ValueError(f"{p}.bin: size {raw.size} is not a multiple of 3073")
+        raw = raw.reshape(-1, 3073)
+        x = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return x, raw[:, 0].astype(np.int32)
 
-            break
-    else:
-        raise FileNotFoundError(
-            f"no CIFAR-10 batches (data_batch_1..5, test_batch[.bin]) in {directory}"
-        )
-    parts = [read(d / n) for n in train_names]
-    test_x, test_y = read(d / "test_batch")
-    train_x = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
-    train_y = np.concatenate([p[1] for p in parts])
-    for y, where in ((train_y, "train"), (test_y, "test")):
-        if y.size and (y.min() < 0 or y.max() > 9):
-            raise ValueError(f"{d}: {where} labels outside [0, 10)")
-    return (train_x, train_y, np.ascontiguousarray(test_x), test_y), d
+      break
+  else:
+    raise FileNotFoundError(
+        f"no CIFAR-10 batches (data_batch_1..5, test_batch[.bin]) in {directory}"
+    )
+  parts = [read(d / n) for n in train_names]
+  test_x, test_y = read(d / "test_batch")
+  train_x = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))
+  train_y = np.concatenate([p[1] for p in parts])
+  for y, where in ((train_y, "train"), (test_y, "test")):
+    if y.size and (y.min() < 0 or y.max() > 9):
+      raise ValueError(f"{d}: {where} labels outside [0, 10)")
+  return (train_x, train_y, np.ascontiguousarray(test_x), test_y), d
 
 
 def _load_tfds(name: str, download: bool) -> tuple[tuple[np.ndarray, ...] | None, str]:
-    """Tries TFDS. Returns ``(arrays or None, reason)``."""
+  """Tries TFDS. Returns ``(arrays or None, reason)``."""
+  try:
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - optional, heavy.
+  except ImportError:
+    return None, "tensorflow_datasets: not installed"
+  attempts = [False, True] if download else [False]
+  reason = ""
+  for dl in attempts:
     try:
-        import tensorflow_datasets as tfds  # noqa: PLC0415 - optional, heavy.
-    except ImportError:
-        return None, "tensorflow_datasets: not installed"
-    attempts = [False, True] if download else [False]
-    reason = ""
-    for dl in attempts:
-        try:
-            splits = tfds.as_numpy(tfds.load(name, batch_size=-1, download=dl))
-            arrays = []
-            for split in ("train", "test"):
-                x = np.asarray(splits[split]["image"], dtype=np.uint8)
-                y = np.asarray(splits[split]["label"]).astype(np.int32)
-                if x.ndim == 3:
-                    x = x[..., None]
-                arrays += [x, y]
-            return tuple(arrays), ""
-        except Exception as e:  # noqa: BLE001 - TFDS raises many types; report them.
-            reason = f"tfds.load({name!r}, download={dl}): {type(e).__name__}: {e}"
-    return None, reason
+      splits = tfds.as_numpy(tfds.load(name, batch_size=-1, download=dl))
+      arrays = []
+      for split in ("train", "test"):
+        x = np.asarray(splits[split]["image"], dtype=np.uint8)
+        y = np.asarray(splits[split]["label"]).astype(np.int32)
+        if x.ndim == 3:
+          x = x[..., None]
+        arrays += [x, y]
+      return tuple(arrays), ""
+    except Exception as e:  # noqa: BLE001 - TFDS raises many types; report them.
+      reason = f"tfds.load({name!r}, download={dl}): {type(e).__name__}: {e}"
+  return None, reason
 
 
 def load_dataset(
@@ -372,75 +372,75 @@ def load_dataset(
     *,
     tfds_download: bool = False,
 ) -> Dataset:
-    """Loads a classification dataset into host memory.
+  """Loads a classification dataset into host memory.
 
-    Search order: ``data_dir`` (if given; no fall-through), the Debian path
-    in :data:`DEBIAN_DIRS`, then TFDS. Random data is never substituted.
+  Search order: ``data_dir`` (if given; no fall-through), the Debian path
+  in :data:`DEBIAN_DIRS`, then TFDS. Random data is never substituted.
 
-    Args:
-      name: ``"fashion_mnist"`` (default), ``"mnist"`` or ``"cifar10"``.
-      data_dir: Directory with the 4 standard IDX files (``.gz`` or raw) for
-        (Fashion-)MNIST, or the CIFAR-10 python/binary batches for ``cifar10``.
-      subset: Optional ``(n_train, n_test)``; keeps the first ``n`` examples
-        of each split (``None`` keeps the split whole). For smoke tests.
-      tfds_download: If TFDS finds no prepared data, let it download (needs
-        internet). Off by default.
+  Args:
+    name: ``"fashion_mnist"`` (default), ``"mnist"`` or ``"cifar10"``.
+    data_dir: Directory with the 4 standard IDX files (``.gz`` or raw) for
+      (Fashion-)MNIST, or the CIFAR-10 python/binary batches for ``cifar10``.
+    subset: Optional ``(n_train, n_test)``; keeps the first ``n`` examples
+      of each split (``None`` keeps the split whole). For smoke tests.
+    tfds_download: If TFDS finds no prepared data, let it download (needs
+      internet). Off by default.
 
-    Returns:
-      A :class:`Dataset` with ``uint8`` NHWC images and ``int32`` labels.
+  Returns:
+    A :class:`Dataset` with ``uint8`` NHWC images and ``int32`` labels.
 
-    Raises:
-      DatasetNotFoundError: If no source has the data (or ``data_dir`` lacks
-        the files); the message explains how to obtain it.
-      ValueError: If a file found is corrupt, or for an unknown ``name``.
-    """
-    name = _canonical_name(name)
-    num_classes = _NUM_CLASSES[name]
-    arrays: tuple[np.ndarray, ...] | None = None
-    source = ""
-    tried: list[str] = []
+  Raises:
+    DatasetNotFoundError: If no source has the data (or ``data_dir`` lacks
+      the files); the message explains how to obtain it.
+    ValueError: If a file found is corrupt, or for an unknown ``name``.
+  """
+  name = _canonical_name(name)
+  num_classes = _NUM_CLASSES[name]
+  arrays: tuple[np.ndarray, ...] | None = None
+  source = ""
+  tried: list[str] = []
 
-    if data_dir is not None:
-        directory = Path(data_dir).expanduser()
-        if not directory.is_dir():
-            raise _not_found(name, [f"--data-dir {directory}: no such directory"])
-        if name == "cifar10":
-            try:
-                arrays, found_dir = _load_cifar_dir(directory)
-            except FileNotFoundError as e:
-                raise _not_found(name, [f"--data-dir: {e}"]) from None
-            source = f"cifar:{found_dir}"
-        else:
-            files, missing = _find_idx_files(directory)
-            if missing:
-                raise _not_found(name, [f"--data-dir {directory}: missing {', '.join(missing)}"])
-            arrays = _load_idx_dir(files, num_classes)
-            source = f"idx:{directory}"
+  if data_dir is not None:
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+      raise _not_found(name, [f"--data-dir {directory}: no such directory"])
+    if name == "cifar10":
+      try:
+        arrays, found_dir = _load_cifar_dir(directory)
+      except FileNotFoundError as e:
+        raise _not_found(name, [f"--data-dir: {e}"]) from None
+      source = f"cifar:{found_dir}"
     else:
-        debian = DEBIAN_DIRS.get(name)
-        if debian is not None:
-            files, missing = _find_idx_files(debian)
-            if not missing:
-                arrays = _load_idx_dir(files, num_classes)
-                source = f"idx:{debian}"
-            else:
-                tried.append(f"{debian}: missing {', '.join(missing)}")
-        if arrays is None:
-            arrays, reason = _load_tfds(name, tfds_download)
-            if arrays is None:
-                tried.append(reason)
-                raise _not_found(name, tried)
-            source = f"tfds:{name}"
+      files, missing = _find_idx_files(directory)
+      if missing:
+        raise _not_found(name, [f"--data-dir {directory}: missing {', '.join(missing)}"])
+      arrays = _load_idx_dir(files, num_classes)
+      source = f"idx:{directory}"
+  else:
+    debian = DEBIAN_DIRS.get(name)
+    if debian is not None:
+      files, missing = _find_idx_files(debian)
+      if not missing:
+        arrays = _load_idx_dir(files, num_classes)
+        source = f"idx:{debian}"
+      else:
+        tried.append(f"{debian}: missing {', '.join(missing)}")
+    if arrays is None:
+      arrays, reason = _load_tfds(name, tfds_download)
+      if arrays is None:
+        tried.append(reason)
+        raise _not_found(name, tried)
+      source = f"tfds:{name}"
 
-    train_x, train_y, test_x, test_y = arrays
-    if subset is not None:
-        n_train, n_test = subset
-        for n in subset:
-            if n is not None and n < 0:
-                raise ValueError(f"subset sizes must be >= 0, got {subset}")
-        train_x, train_y = train_x[:n_train], train_y[:n_train]
-        test_x, test_y = test_x[:n_test], test_y[:n_test]
-    return Dataset(train_x, train_y, test_x, test_y, num_classes, name, source)
+  train_x, train_y, test_x, test_y = arrays
+  if subset is not None:
+    n_train, n_test = subset
+    for n in subset:
+      if n is not None and n < 0:
+        raise ValueError(f"subset sizes must be >= 0, got {subset}")
+    train_x, train_y = train_x[:n_train], train_y[:n_train]
+    test_x, test_y = test_x[:n_test], test_y[:n_test]
+  return Dataset(train_x, train_y, test_x, test_y, num_classes, name, source)
 
 
 # ---------------------------------------------------------------------------
@@ -451,43 +451,43 @@ Batch = tuple[jax.Array, jax.Array]
 
 
 def to_device(x: Any, y: Any, device: Any = None) -> Batch:
-    """Puts images (dtype kept, e.g. uint8) and int32 labels on device once.
+  """Puts images (dtype kept, e.g. uint8) and int32 labels on device once.
 
-    Arrays that already are ``jax.Array`` are not copied unless ``device`` is
-    given.
+  Arrays that already are ``jax.Array`` are not copied unless ``device`` is
+  given.
 
-    Args:
-      x: Images, ``(N, ...)``.
-      y: Labels, ``(N,)``.
-      device: Optional ``jax.Device`` or ``Sharding``; default device if None.
+  Args:
+    x: Images, ``(N, ...)``.
+    y: Labels, ``(N,)``.
+    device: Optional ``jax.Device`` or ``Sharding``; default device if None.
 
-    Returns:
-      ``(x, y)`` as device arrays.
-    """
-    if not isinstance(x, jax.Array) or device is not None:
-        x = jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, device)
-    if isinstance(y, jax.Array):
-        y = y.astype(jnp.int32)
-        if device is not None:
-            y = jax.device_put(y, device)
-    else:
-        y = jax.device_put(np.asarray(y, dtype=np.int32), device)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
-    return x, y
+  Returns:
+    ``(x, y)`` as device arrays.
+  """
+  if not isinstance(x, jax.Array) or device is not None:
+    x = jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, device)
+  if isinstance(y, jax.Array):
+    y = y.astype(jnp.int32)
+    if device is not None:
+      y = jax.device_put(y, device)
+  else:
+    y = jax.device_put(np.asarray(y, dtype=np.int32), device)
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+  return x, y
 
 
 def _norm_params(normalize: str, mean: Any, std: Any) -> tuple[jax.Array, jax.Array]:
-    if normalize == "unit":
-        return jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
-    if normalize == "standardize":
-        return jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-    raise ValueError(f"normalize must be 'unit' or 'standardize', got {normalize!r}")
+  if normalize == "unit":
+    return jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
+  if normalize == "standardize":
+    return jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+  raise ValueError(f"normalize must be 'unit' or 'standardize', got {normalize!r}")
 
 
 def _normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    scale = 1.0 / 255.0 if x.dtype == jnp.uint8 else 1.0
-    return (x.astype(jnp.float32) * scale - mean) / std
+  scale = 1.0 / 255.0 if x.dtype == jnp.uint8 else 1.0
+  return (x.astype(jnp.float32) * scale - mean) / std
 
 
 def normalize_images(
@@ -496,38 +496,38 @@ def normalize_images(
     mean: Any = FASHION_MNIST_MEAN,
     std: Any = FASHION_MNIST_STD,
 ) -> jax.Array:
-    """Converts images to float32 exactly as the batch pipeline does.
+  """Converts images to float32 exactly as the batch pipeline does.
 
-    Args:
-      x: Images; ``uint8`` are scaled by 1/255, floats are taken as-is.
-      normalize: ``"unit"`` ([0, 1]) or ``"standardize"`` (``(x - mean) / std``).
-      mean: Mean for ``"standardize"`` (scalar or per-channel).
-      std: Std for ``"standardize"`` (scalar or per-channel).
+  Args:
+    x: Images; ``uint8`` are scaled by 1/255, floats are taken as-is.
+    normalize: ``"unit"`` ([0, 1]) or ``"standardize"`` (``(x - mean) / std``).
+    mean: Mean for ``"standardize"`` (scalar or per-channel).
+    std: Std for ``"standardize"`` (scalar or per-channel).
 
-    Returns:
-      float32 array of the same shape.
-    """
-    m, s = _norm_params(normalize, mean, std)
-    return _normalize(jnp.asarray(x), m, s)
+  Returns:
+    float32 array of the same shape.
+  """
+  m, s = _norm_params(normalize, mean, std)
+  return _normalize(jnp.asarray(x), m, s)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
 def _gather(x, y, perm, start, mean, std, *, batch_size):
-    idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
-    xb = jnp.take(x, idx, axis=0, mode="clip")
-    yb = jnp.take(y, idx, axis=0, mode="clip")
-    return _normalize(xb, mean, std), yb
+  idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+  xb = jnp.take(x, idx, axis=0, mode="clip")
+  yb = jnp.take(y, idx, axis=0, mode="clip")
+  return _normalize(xb, mean, std), yb
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = True) -> int:
-    """Number of batches per epoch for ``n`` examples."""
-    return n // batch_size if drop_last else -(-n // batch_size)
+  """Number of batches per epoch for ``n`` examples."""
+  return n // batch_size if drop_last else -(-n // batch_size)
 
 
 def _as_key(key_or_seed: Any) -> jax.Array:
-    if isinstance(key_or_seed, (int, np.integer)):
-        return jax.random.key(int(key_or_seed))
-    return key_or_seed
+  if isinstance(key_or_seed, (int, np.integer)):
+    return jax.random.key(int(key_or_seed))
+  return key_or_seed
 
 
 def epoch_batches(
@@ -542,119 +542,119 @@ def epoch_batches(
     mean: Any = FASHION_MNIST_MEAN,
     std: Any = FASHION_MNIST_STD,
 ) -> Iterator[Batch]:
-    """Yields one epoch of normalized ``(images, labels)`` batches on device.
+  """Yields one epoch of normalized ``(images, labels)`` batches on device.
 
-    Pass device arrays (see :func:`to_device`) to avoid re-uploading the
-    dataset on every call; numpy inputs are uploaded once per call.
+  Pass device arrays (see :func:`to_device`) to avoid re-uploading the
+  dataset on every call; numpy inputs are uploaded once per call.
 
-    Args:
-      key_or_seed: ``jax.random`` key or int seed for this epoch's permutation.
-      x: Images ``(N, H, W, C)``, uint8 (scaled by 1/255) or float.
-      y: Integer labels ``(N,)``.
-      batch_size: Examples per batch.
-      drop_last: Drop the final partial batch (keeps shapes static).
-      shuffle: If False, batches follow dataset order (for evaluation).
-      normalize: ``"unit"`` or ``"standardize"`` (see module docstring).
-      mean: Mean for ``"standardize"``.
-      std: Std for ``"standardize"``.
+  Args:
+    key_or_seed: ``jax.random`` key or int seed for this epoch's permutation.
+    x: Images ``(N, H, W, C)``, uint8 (scaled by 1/255) or float.
+    y: Integer labels ``(N,)``.
+    batch_size: Examples per batch.
+    drop_last: Drop the final partial batch (keeps shapes static).
+    shuffle: If False, batches follow dataset order (for evaluation).
+    normalize: ``"unit"`` or ``"standardize"`` (see module docstring).
+    mean: Mean for ``"standardize"``.
+    std: Std for ``"standardize"``.
 
-    Returns:
-      An iterator of ``(float32 images, int32 labels)``.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    x, y = to_device(x, y)
-    m, s = _norm_params(normalize, mean, std)
-    n = x.shape[0]
-    if shuffle:
-        perm = jax.random.permutation(_as_key(key_or_seed), n).astype(jnp.int32)
-    else:
-        perm = jnp.arange(n, dtype=jnp.int32)
+  Returns:
+    An iterator of ``(float32 images, int32 labels)``.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  x, y = to_device(x, y)
+  m, s = _norm_params(normalize, mean, std)
+  n = x.shape[0]
+  if shuffle:
+    perm = jax.random.permutation(_as_key(key_or_seed), n).astype(jnp.int32)
+  else:
+    perm = jnp.arange(n, dtype=jnp.int32)
 
-    def gen() -> Iterator[Batch]:
-        full = n // batch_size
-        for i in range(full):
-            yield _gather(x, y, perm, i * batch_size, m, s, batch_size=batch_size)
-        rem = n - full * batch_size
-        if rem and not drop_last:
-            yield _gather(x, y, perm, full * batch_size, m, s, batch_size=rem)
+  def gen() -> Iterator[Batch]:
+    full = n // batch_size
+    for i in range(full):
+      yield _gather(x, y, perm, i * batch_size, m, s, batch_size=batch_size)
+    rem = n - full * batch_size
+    if rem and not drop_last:
+      yield _gather(x, y, perm, full * batch_size, m, s, batch_size=rem)
 
-    return gen()
+  return gen()
 
 
 class EpochIterator:
-    """Re-iterable on-device loader: ``for xb, yb in it(epoch): ...``.
+  """Re-iterable on-device loader: ``for xb, yb in it(epoch): ...``.
 
-    The data is uploaded once at construction; epoch ``e`` is shuffled with
-    ``fold_in(key(seed), e)``, so runs are reproducible per (seed, epoch).
-    ``len(it)`` is the number of batches per epoch.
-    """
+  The data is uploaded once at construction; epoch ``e`` is shuffled with
+  ``fold_in(key(seed), e)``, so runs are reproducible per (seed, epoch).
+  ``len(it)`` is the number of batches per epoch.
+  """
 
-    def __init__(
-        self,
-        x: Any,
-        y: Any,
-        batch_size: int,
-        *,
-        seed: int | jax.Array = 0,
-        drop_last: bool = True,
-        shuffle: bool = True,
-        normalize: str = "unit",
-        mean: Any = FASHION_MNIST_MEAN,
-        std: Any = FASHION_MNIST_STD,
-        device: Any = None,
-    ):
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.x, self.y = to_device(x, y, device)
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.shuffle = shuffle
-        self._key = _as_key(seed)
-        self._kwargs = dict(shuffle=shuffle, normalize=normalize, mean=mean, std=std)
-        _norm_params(normalize, mean, std)  # Validate early.
+  def __init__(
+      self,
+      x: Any,
+      y: Any,
+      batch_size: int,
+      *,
+      seed: int | jax.Array = 0,
+      drop_last: bool = True,
+      shuffle: bool = True,
+      normalize: str = "unit",
+      mean: Any = FASHION_MNIST_MEAN,
+      std: Any = FASHION_MNIST_STD,
+      device: Any = None,
+  ):
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    self.x, self.y = to_device(x, y, device)
+    self.batch_size = batch_size
+    self.drop_last = drop_last
+    self.shuffle = shuffle
+    self._key = _as_key(seed)
+    self._kwargs = dict(shuffle=shuffle, normalize=normalize, mean=mean, std=std)
+    _norm_params(normalize, mean, std)  # Validate early.
 
-    @property
-    def num_examples(self) -> int:
-        """Examples in the dataset."""
-        return int(self.x.shape[0])
+  @property
+  def num_examples(self) -> int:
+    """Examples in the dataset."""
+    return int(self.x.shape[0])
 
-    def __len__(self) -> int:
-        return num_batches(self.num_examples, self.batch_size, self.drop_last)
+  def __len__(self) -> int:
+    return num_batches(self.num_examples, self.batch_size, self.drop_last)
 
-    def __call__(self, epoch: int = 0) -> Iterator[Batch]:
-        """Returns the batches of ``epoch``."""
-        key = jax.random.fold_in(self._key, epoch)
-        return epoch_batches(
-            key, self.x, self.y, self.batch_size, self.drop_last, **self._kwargs
-        )
+  def __call__(self, epoch: int = 0) -> Iterator[Batch]:
+    """Returns the batches of ``epoch``."""
+    key = jax.random.fold_in(self._key, epoch)
+    return epoch_batches(
+        key, self.x, self.y, self.batch_size, self.drop_last, **self._kwargs
+    )
 
 
 def make_epoch_iterator(x: Any, y: Any, batch_size: int, **options: Any) -> EpochIterator:
-    """Uploads ``(x, y)`` once and returns an :class:`EpochIterator`.
+  """Uploads ``(x, y)`` once and returns an :class:`EpochIterator`.
 
-    ``options`` are the keyword-only arguments of :class:`EpochIterator`
-    (``seed`` ... ``device`` below; defaults ``0, True, True, "unit"``, the
-    Fashion-MNIST statistics, None).
+  ``options`` are the keyword-only arguments of :class:`EpochIterator`
+  (``seed`` ... ``device`` below; defaults ``0, True, True, "unit"``, the
+  Fashion-MNIST statistics, None).
 
-    Args:
-      x: Images ``(N, H, W, C)``.
-      y: Integer labels ``(N,)``.
-      batch_size: Examples per batch.
-      seed: Int seed or key; epoch ``e`` uses ``fold_in(key, e)``.
-      drop_last: Drop the final partial batch.
-      shuffle: Shuffle each epoch (False for evaluation).
-      normalize: ``"unit"`` or ``"standardize"``.
-      mean: Mean for ``"standardize"``.
-      std: Std for ``"standardize"``.
-      device: Optional device or sharding for the resident dataset.
+  Args:
+    x: Images ``(N, H, W, C)``.
+    y: Integer labels ``(N,)``.
+    batch_size: Examples per batch.
+    seed: Int seed or key; epoch ``e`` uses ``fold_in(key, e)``.
+    drop_last: Drop the final partial batch.
+    shuffle: Shuffle each epoch (False for evaluation).
+    normalize: ``"unit"`` or ``"standardize"``.
+    mean: Mean for ``"standardize"``.
+    std: Std for ``"standardize"``.
+    device: Optional device or sharding for the resident dataset.
 
-    Returns:
-      The iterator; call it with the epoch number.
-    """
-    return EpochIterator(x, y, batch_size, **options)
+  Returns:
+    The iterator; call it with the epoch number.
+  """
+  return EpochIterator(x, y, batch_size, **options)
 
 
 def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
-    """Places a batch (any pytree) with ``sharding``, e.g. a data-parallel one."""
-    return jax.device_put(batch, sharding)
+  """Places a batch (any pytree) with ``sharding``, e.g. a data-parallel one."""
+  return jax.device_put(batch, sharding)

@@ -33,94 +33,94 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def fmt(v: Any, spec: str = ".3g", nan: str = "n/a") -> str:
-    """``v`` formatted with ``spec``; ``-`` for None, ``nan`` for NaN, ``inf`` for infinities."""
-    if v is None:
-        return "-"
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(v):
-        return nan if math.isnan(v) else "inf"
-    return format(v, spec)
+  """``v`` formatted with ``spec``; ``-`` for None, ``nan`` for NaN, ``inf`` for infinities."""
+  if v is None:
+    return "-"
+  try:
+    v = float(v)
+  except (TypeError, ValueError):
+    return str(v)
+  if not math.isfinite(v):
+    return nan if math.isnan(v) else "inf"
+  return format(v, spec)
 
 
 def results_dir(out_dir: str | None, name: str, quick: bool) -> Path:
-    """The output folder of an experiment (created).
+  """The output folder of an experiment (created).
 
-    ``out_dir`` if given; else :data:`RESULTS_DIR` for a full run and
-    ``$TMPDIR/optax_autolr_<name>_quick`` for a ``--quick`` one, so that a
-    smoke run never overwrites the committed results.
-    """
-    if out_dir is not None:
-        path = Path(out_dir)
-    elif quick:
-        path = Path(tempfile.gettempdir()) / f"optax_autolr_{name}_quick"
-    else:
-        path = RESULTS_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+  ``out_dir`` if given; else :data:`RESULTS_DIR` for a full run and
+  ``$TMPDIR/optax_autolr_<name>_quick`` for a ``--quick`` one, so that a
+  smoke run never overwrites the committed results.
+  """
+  if out_dir is not None:
+    path = Path(out_dir)
+  elif quick:
+    path = Path(tempfile.gettempdir()) / f"optax_autolr_{name}_quick"
+  else:
+    path = RESULTS_DIR
+  path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def row(cells: Iterable[Any]) -> str:
-    """One Markdown table row: ``| a | b |``."""
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+  """One Markdown table row: ``| a | b |``."""
+  return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def table(head: Sequence[Any], rows: Iterable[Iterable[Any]] = ()) -> list[str]:
-    """A Markdown table: the header row, the ``|---|`` separator, then ``rows``."""
-    return [row(head), "|" + "---|" * len(head), *(row(r) for r in rows)]
+  """A Markdown table: the header row, the ``|---|`` separator, then ``rows``."""
+  return [row(head), "|" + "---|" * len(head), *(row(r) for r in rows)]
 
 
 def header(title: str, quick_note: str | None = None) -> list[str]:
-    """``# title`` and a blank line; then the bold ``quick_note`` (a smoke run) if given."""
-    lines = [f"# {title}", ""]
-    if quick_note:
-        lines += [f"**{quick_note}**", ""]
-    return lines
+  """``# title`` and a blank line; then the bold ``quick_note`` (a smoke run) if given."""
+  lines = [f"# {title}", ""]
+  if quick_note:
+    lines += [f"**{quick_note}**", ""]
+  return lines
 
 
 def command_line(command: str, where: str = " (from the repository root)") -> str:
-    """The ``- Command: `...``` bullet."""
-    return f"- Command: `{command}`{where}"
+  """The ``- Command: `...``` bullet."""
+  return f"- Command: `{command}`{where}"
 
 
 def machine_line(mi: dict[str, Any], shared: str = "shared", flax: bool = True) -> str:
-    """The ``- Machine:`` bullet from :func:`experiments.machine.machine_info`."""
-    libs = f"jax {mi.get('jax')}, optax {mi.get('optax')}"
-    if flax:
-        libs += f", flax {mi.get('flax')}"
-    return (f"- Machine: {mi.get('nproc')} CPU cores ({shared}), {mi.get('cpu')}, "
-            f"{mi.get('platform')}; backend {mi.get('backend')}, {libs}, "
-            f"python {mi.get('python')}")
+  """The ``- Machine:`` bullet from :func:`experiments.machine.machine_info`."""
+  libs = f"jax {mi.get('jax')}, optax {mi.get('optax')}"
+  if flax:
+    libs += f", flax {mi.get('flax')}"
+  return (f"- Machine: {mi.get('nproc')} CPU cores ({shared}), {mi.get('cpu')}, "
+          f"{mi.get('platform')}; backend {mi.get('backend')}, {libs}, "
+          f"python {mi.get('python')}")
 
 
 def date_now() -> str:
-    """Local time, ISO 8601 with the offset, to the second (the results' dates)."""
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  """Local time, ISO 8601 with the offset, to the second (the results' dates)."""
+  return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def write(path: str | Path, lines: Sequence[str], final_newline: bool = False) -> Path:
-    """Writes ``lines`` joined by newlines (and one more if ``final_newline``)."""
-    path = Path(path)
-    path.write_text("\n".join(lines) + ("\n" if final_newline else ""))
-    return path
+  """Writes ``lines`` joined by newlines (and one more if ``final_newline``)."""
+  path = Path(path)
+  path.write_text("\n".join(lines) + ("\n" if final_newline else ""))
+  return path
 
 
 def logger(tag: str | None = None, *, stream: TextIO | None = None,
            quiet: bool = False) -> Callable[..., None]:
-    """The console log of a script: ``log(msg)`` prints ``[tag HH:MM:SS] msg``.
+  """The console log of a script: ``log(msg)`` prints ``[tag HH:MM:SS] msg``.
 
-    Without ``tag`` the message is printed as is; ``quiet`` makes a no-op;
-    ``stream`` defaults to stdout (looked up at each call, so that pytest's
-    capture sees it).
-    """
-    def log(*msg: Any) -> None:
-        if quiet:
-            return
-        text = " ".join(str(m) for m in msg)
-        if tag is not None:
-            text = f"[{tag} {time.strftime('%H:%M:%S')}] {text}"
-        print(text, file=stream or sys.stdout, flush=True)
+  Without ``tag`` the message is printed as is; ``quiet`` makes a no-op;
+  ``stream`` defaults to stdout (looked up at each call, so that pytest's
+  capture sees it).
+  """
+  def log(*msg: Any) -> None:
+    if quiet:
+      return
+    text = " ".join(str(m) for m in msg)
+    if tag is not None:
+      text = f"[{tag} {time.strftime('%H:%M:%S')}] {text}"
+    print(text, file=stream or sys.stdout, flush=True)
 
-    return log
+  return log
