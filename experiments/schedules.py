@@ -23,6 +23,7 @@ Schedules:
 ==========================  ==================================================
 ``autowu_lamb``             LAMB + AutoWU (:func:`optax_autolr.autowu_lamb`)
 ``autowu_adamp``            AdamP + AutoWU (:func:`optax_autolr.autowu_adamp`)
+``autowu_adamw``            AdamW + AutoWU (:func:`optax_autolr.autowu_adamw`)
 ``warmup_cosine_lamb``      LAMB, linear warmup + cosine decay to 0
 ``warmup_cosine_adamp``     AdamP, linear warmup + cosine decay to 0
 ``warmup_cosine_adamw``     AdamW, linear warmup + cosine decay to 0
@@ -288,6 +289,7 @@ def _reduce_on_plateau(a: OptimizerArgs) -> Built:
 OPTIMIZERS: dict[str, Callable[[OptimizerArgs], Built]] = {
     "autowu_lamb": functools.partial(_autowu, optax_autolr.autowu_lamb, "lamb"),
     "autowu_adamp": functools.partial(_autowu, optax_autolr.autowu_adamp, "adamp"),
+    "autowu_adamw": functools.partial(_autowu, optax_autolr.autowu_adamw, "adamw"),
     "warmup_cosine_lamb": functools.partial(_warmup_cosine, optax.lamb, "lamb"),
     "warmup_cosine_adamp": functools.partial(_warmup_cosine, optax_autolr.adamp, "adamp"),
     "warmup_cosine_adamw": functools.partial(_warmup_cosine, optax.adamw, "adamw"),

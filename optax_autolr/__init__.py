@@ -21,6 +21,7 @@ from optax_autolr._autowu import AUTHORS
 from optax_autolr._autowu import AutoWUState
 from optax_autolr._autowu import autowu
 from optax_autolr._autowu import autowu_adamp
+from optax_autolr._autowu import autowu_adamw
 from optax_autolr._autowu import autowu_lamb
 from optax_autolr._autowu import check_restored
 from optax_autolr._autowu import CONFIDENT_MINIMUM
@@ -65,7 +66,7 @@ __version__ = '0.3.0'
 __all__ = [
     'AUTHORS', 'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DEFAULTS', 'DIVERGED', 'LossWindow',
     'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
-    'adamp', 'autowu', 'autowu_adamp', 'autowu_lamb', 'check_restored',
+    'adamp', 'autowu', 'autowu_adamp', 'autowu_adamw', 'autowu_lamb', 'check_restored',
     'default_test_every', 'find_autowu_states', 'get_metrics', 'minimum_test_outcome', 'scale_by_adamp',
     'scale_invariance_report', 'ScaleByAdamPState', 'find_autowu_state', 'get_lr', 'get_phase',
     'get_probability', 'get_switch', 'gp', 'loss_curve_posterior',

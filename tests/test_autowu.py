@@ -12,7 +12,12 @@ from flax import nnx
 import optax_autolr as oa
 
 T, SPE = 2000, 100
+# The synthetic curves below are laid out for the paper's warmup (1e-5 over
+# half the budget); the library's other defaults (valley restart, descent
+# gate, spike cap) stay on.
+PAPER = dict(min_lr=1e-5, max_warmup_fraction=0.5)
 WARMUP_STEPS = T // 2
+MIN_LR = oa.DEFAULTS['min_lr']
 
 
 def _u_curve_run(tx, num_steps):
@@ -37,7 +42,7 @@ def _u_curve_run(tx, num_steps):
 
 @pytest.fixture(scope='module')
 def u_runner():
-  return _u_curve_run(oa.autowu(T, SPE), T)
+  return _u_curve_run(oa.autowu(T, SPE, **PAPER), T)
 
 
 @pytest.mark.parametrize('noise', [0.01, 0.1, 0.3])
@@ -50,17 +55,18 @@ def test_switch_after_optimum_and_restart_near_it(u_runner, noise, log10_opt):
   assert 0 < switch < WARMUP_STEPS
   # The warmup LR had passed the optimum before the switch ...
   assert float(lrs[switch - 1]) > opt
-  # ... and the restart LR lands within a factor 2 of the true optimum.
+  # ... and the restart LR lands within [1/3, 2] of the true optimum (the
+  # valley point lies below the minimum of the posterior mean).
   ratio = float(state.restart_lr) / opt
   print(f'noise={noise} optimum={opt:g} switch_step={switch} '
         f'restart_lr={float(state.restart_lr):.4g} ratio={ratio:.2f}')
-  assert 0.5 <= ratio <= 2.0, ratio
+  assert 1 / 3 <= ratio <= 2.0, ratio
   assert float(lrs[switch]) == pytest.approx(float(state.restart_lr))
 
 
 @pytest.mark.parametrize('noise', [0.0, 0.05, 0.2])
 def test_monotone_curve_never_switches_before_max_warmup(noise):
-  tx = oa.autowu(T, SPE)
+  tx = oa.autowu(T, SPE, **PAPER)
 
   @jax.jit
   def run(key):
@@ -96,7 +102,8 @@ def _lr_trajectory(tx, num_steps, loss_fn=lambda t: 10.0 - 1e-3 * t):
 @pytest.mark.parametrize('warmup', ['exp', 'linear'])
 def test_warmup_and_cosine_values_are_exact(warmup):
   total, tw = 400, 200
-  tx = oa.autowu(total, 20, warmup=warmup, min_lr=1e-4, max_lr=0.5)
+  tx = oa.autowu(total, 20, warmup=warmup, min_lr=1e-4, max_lr=0.5,
+                 max_warmup_fraction=0.5)
   state, (lrs, phases) = _lr_trajectory(tx, total + 10)
   t = np.arange(tw)
   if warmup == 'exp':
@@ -219,8 +226,8 @@ def test_messages_name_the_argument_and_the_range():
   assert str(e.value) == (
       '`steps_per_epoch` must be an integer in [1, 100], got 200.')
   with pytest.raises(ValueError) as e:
-    oa.autowu(1000, 10, test_every=600)  # Maximal warmup: 500 steps.
-  assert str(e.value) == '`test_every` must be an integer in [1, 500], got 600.'
+    oa.autowu(1000, 10, test_every=600)  # Maximal warmup: 250 steps.
+  assert str(e.value) == '`test_every` must be an integer in [1, 250], got 600.'
   with pytest.raises(ValueError, match=r'in \(0.0, 1.0\), got 1.5'):
     oa.autowu(1000, 10, max_warmup_fraction=1.5)
 
@@ -278,7 +285,7 @@ def test_nnx_optimizer_update_with_value():
 
   losses = [float(train_step(model, optimizer)) for _ in range(30)]
   assert all(math.isfinite(l) for l in losses)
-  assert float(oa.get_lr(optimizer.opt_state)) > 1e-5
+  assert float(oa.get_lr(optimizer.opt_state)) > MIN_LR
   assert int(optimizer.step.value) == 30
 
 
@@ -286,7 +293,7 @@ def test_helpers_find_state_in_nested_chains():
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.chain(optax.lamb(1.0), oa.autowu(100, 10)))
   state = tx.init({'w': jnp.zeros(2)})
-  assert float(oa.get_lr(state)) == pytest.approx(1e-5)
+  assert float(oa.get_lr(state)) == pytest.approx(MIN_LR)
   assert int(oa.get_phase(state)) == oa.WARMUP
   assert float(oa.get_probability(state)) == 0.0
   step, lr, reason = oa.get_switch(state)
@@ -301,7 +308,7 @@ def test_updates_keep_dtype():
   updates, _ = jax.jit(tx.update)(params, tx.init(params), value=1.0)
   assert updates['a'].dtype == jnp.bfloat16
   assert updates['b'].dtype == jnp.float32
-  np.testing.assert_allclose(updates['b'], 1e-5, rtol=1e-6)
+  np.testing.assert_allclose(updates['b'], MIN_LR, rtol=1e-6)
 
 
 def test_loss_curve_posterior_after_switch(u_runner):
@@ -315,7 +322,8 @@ def test_loss_curve_posterior_after_switch(u_runner):
   assert np.all(np.isfinite(result.posterior.mean))
 
 
-@pytest.mark.parametrize('make', [oa.autowu_lamb, oa.autowu_adamp])
+@pytest.mark.parametrize('make', [oa.autowu_lamb, oa.autowu_adamp,
+                                  oa.autowu_adamw])
 def test_convenience_chains_train_a_small_model(make):
   model = nnx.Sequential(nnx.Linear(4, 16, rngs=nnx.Rngs(0)), nnx.relu,
                          nnx.Linear(16, 1, rngs=nnx.Rngs(1)))
@@ -338,19 +346,20 @@ def test_convenience_chains_train_a_small_model(make):
 
 SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
                  'switch_step', 'restart_lr', 'switch_reason', 'loss_ema',
-                 'ema_min', 'total_steps', 'warmup_steps', 'lengthscale',
+                 'ema_min', 'spike_lr', 'last_loss', 'diff_ema',
+                 'total_steps', 'warmup_steps', 'lengthscale',
                  'noise_floor', 'grid_size', 'min_descent', 'valley_level')
 
 
 def test_state_is_flat_named_scalars_and_the_window():
   tx = oa.autowu(200, 10, window_size=16)
   state = tx.init({'w': jnp.zeros(2)})
-  assert state._fields == SCALAR_FIELDS[:11] + ('window',) + SCALAR_FIELDS[11:]
+  assert state._fields == SCALAR_FIELDS[:14] + ('window',) + SCALAR_FIELDS[14:]
   for name in SCALAR_FIELDS:
     assert getattr(state, name).shape == (), name
   assert state.window.sums.shape == (2, 16)
   # optax's own tree helpers see the named fields.
-  assert float(optax.tree_utils.tree_get(state, 'lr')) == pytest.approx(1e-5)
+  assert float(optax.tree_utils.tree_get(state, 'lr')) == pytest.approx(MIN_LR)
 
   def step(state, loss):
     _, state = tx.update({'w': jnp.ones(2)}, state, value=loss)
@@ -378,3 +387,65 @@ def test_state_is_flat_named_scalars_and_the_window():
   np.testing.assert_allclose(
       np.sum(means[mask] * np.asarray(final.window.counts)[mask]),
       float(jnp.sum(losses[:30])), rtol=1e-6)
+
+
+def test_authors_rule_keeps_the_papers_values():
+  """Under the authors' rule the None-default arguments take the paper's."""
+  preset = dict(test_every=SPE, divergence_factor=None)
+  paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5,
+               restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
+               spike_factor=math.inf)
+  curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
+  a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
+  b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
+  np.testing.assert_array_equal(np.asarray(lrs_a), np.asarray(lrs_b))
+  assert int(a.switch_step) == int(b.switch_step)
+  assert float(lrs_a[0]) == pytest.approx(1e-5)
+  assert oa.AUTHORS == {k: paper[k] for k in oa.AUTHORS}
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(restart_fraction=0.0), 'restart_fraction'),
+    (dict(restart_fraction=1.5), 'restart_fraction'),
+    (dict(min_descent=-1.0), 'min_descent'),
+    (dict(valley_level=1.0), 'valley_level'),
+    (dict(valley_level=-0.1), 'valley_level'),
+    (dict(spike_factor=1.0), 'spike_factor'),
+])
+def test_bad_rule_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    oa.autowu(1000, 10, **kwargs)
+
+
+def test_flat_noisy_start_rarely_restarts_badly():
+  """Flat noisy start, descent to a minimum, then a blow-up (issue 12)."""
+  total = 160
+  tx = oa.autowu(total, total // 20)
+  warmup_steps = int(oa.DEFAULTS['max_warmup_fraction'] * total)
+  u_opt = 0.7  # Position of the optimum in the warmup.
+  lr_opt = MIN_LR * (1.0 / MIN_LR)**u_opt
+
+  @jax.jit
+  def run(noise, key):
+    state = tx.init(None)
+
+    def step(state, key):
+      u = state.count / warmup_steps
+      d = jnp.clip((u - 0.4) / 0.3, 0.0, 1.0)
+      loss = 2.3 - 1.8 * jnp.sin(0.5 * jnp.pi * d)**2
+      loss = loss + jnp.where(u > u_opt, 300.0 * (u - u_opt)**2, 0.0)
+      loss = loss + noise * jax.random.normal(key)
+      _, state = tx.update({}, state, value=loss)
+      return state, None
+
+    state, _ = jax.lax.scan(step, state,
+                            jax.random.split(key, warmup_steps + 5))
+    return state.restart_lr
+
+  bad = 0
+  for i, noise in enumerate((0.02, 0.08)):
+    for seed in range(20):  # Independent noise for each level.
+      ratio = float(run(noise, jax.random.key(seed + 100 * i))) / lr_opt
+      bad += not 1 / 3 <= ratio <= 2
+  print(f'bad restarts: {bad} of 40')
+  assert bad <= 1, bad

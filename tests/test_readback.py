@@ -79,7 +79,7 @@ def test_repr_shows_named_values():
 def test_two_autowu_states_need_a_path():
   tx = optax.multi_transform(
       {'enc': optax.chain(optax.lamb(1.0), oa.autowu(100, 10)),
-       'dec': optax.chain(optax.adam(1.0), oa.autowu(200, 10, min_lr=1e-4))},
+       'dec': optax.chain(optax.adam(1.0), oa.autowu(200, 10, min_lr=1e-4, max_lr=0.5))},
       {'x': 'enc', 'y': 'dec'})
   state = tx.init({'x': jnp.ones(2), 'y': jnp.ones(2)})
   found = oa.find_autowu_states(state)
@@ -88,7 +88,8 @@ def test_two_autowu_states_need_a_path():
     oa.get_lr(state)
   assert "['enc']" in str(e.value) and "['dec']" in str(e.value)
   assert float(oa.get_lr(state, path="['dec']")) == pytest.approx(1e-4)
-  assert float(oa.get_lr(state, path="['enc']")) == pytest.approx(1e-5)
+  assert float(oa.get_lr(state, path="['enc']")) == pytest.approx(
+      oa.DEFAULTS['min_lr'])
   assert oa.get_metrics(state, path='dec')['lr'] == pytest.approx(1e-4)
   with pytest.raises(ValueError, match="no AutoWUState at a path"):
     oa.get_lr(state, path='nothing')
