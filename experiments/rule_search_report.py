@@ -5,6 +5,8 @@ import sys
 
 import numpy as np
 
+from experiments import report
+
 RUNS = "experiments/results/rule_search_runs.jsonl"
 COMPARE = "experiments/results/compare_runs.jsonl"
 CASES = [(1024, 20), (4096, 20), (8192, 20), (4096, 10), (4096, 40)]
@@ -30,21 +32,19 @@ def main():
                                         c["seed"])] = r
   out = []
   out.append("### Grid references (best cell, seed 0, picked on test)\n")
-  out.append("| optimizer | case | best acc | peak LR | warmup frac | cells |")
-  out.append("|---|---|---|---|---|---|")
-  best = {}
+  best, rows = {}, []
   for k in sorted(grid):
     acc, p, w = max(grid[k])
     best[k] = acc
-    out.append(f"| {k[0]} | B{k[1]}/E{k[2]} | {acc:.4f} | {p:.4g} | {w} | "
-               + ", ".join(f"{a:.4f}@{pp:.3g}/{ww}" for a, pp, ww in
-                           sorted(grid[k], key=lambda t: (t[1], t[2])))
-               + " |")
+    rows.append([k[0], f"B{k[1]}/E{k[2]}", f"{acc:.4f}", f"{p:.4g}", w,
+                 ", ".join(f"{a:.4f}@{pp:.3g}/{ww}" for a, pp, ww in
+                           sorted(grid[k], key=lambda t: (t[1], t[2])))])
+  out += report.table(["optimizer", "case", "best acc", "peak LR",
+                       "warmup frac", "cells"], rows)
   names = sorted({n for n, _ in cand})
   out.append("\n### Summary: mean over seeds (n seeds) - grid best, in pp; "
              "worst seed in brackets\n")
-  out.append("| optimizer | case | grid | " + " | ".join(names) + " |")
-  out.append("|---|---|---|" + "---|" * len(names))
+  rows = []
   for sched in ("autowu_lamb", "autowu_adamp"):
     for b, e in CASES:
       g = best.get((sched.replace("autowu", "warmup_cosine"), b, e))
@@ -63,12 +63,11 @@ def main():
         cells.append(f"{a.mean():.4f} ({len(a)}) {100 * (a.mean() - g):+.2f} "
                      f"[{100 * (a.min() - g):+.2f}]")
       if any_run:
-        out.append(f"| {sched} | B{b}/E{e} | {g:.4f} | " + " | ".join(cells)
-                   + " |")
+        rows.append([sched, f"B{b}/E{e}", f"{g:.4f}", *cells])
+  out += report.table(["optimizer", "case", "grid", *names], rows)
   out.append("\n### Candidates: final test accuracy per seed "
              "(switch step, restart LR)\n")
-  out.append("| candidate | optimizer | case | grid | seeds: acc (switch, restart LR) | mean | gap to grid | worst seed gap |")
-  out.append("|---|---|---|---|---|---|---|---|")
+  rows = []
   for (name, sched), runs in sorted(cand.items()):
     keys = sorted({(b, e) for b, e, _ in runs})
     for b, e in keys:
@@ -83,8 +82,11 @@ def main():
       gs = f"{g:.4f}" if g else "-"
       gap = f"{100 * (accs.mean() - g):+.2f} pp" if g else "-"
       worst = f"{100 * (accs.min() - g):+.2f} pp" if g else "-"
-      out.append(f"| {name} | {sched} | B{b}/E{e} | {gs} | {cells} | "
-                 f"{accs.mean():.4f} | {gap} | {worst} |")
+      rows.append([name, sched, f"B{b}/E{e}", gs, cells,
+                   f"{accs.mean():.4f}", gap, worst])
+  out += report.table(["candidate", "optimizer", "case", "grid",
+                       "seeds: acc (switch, restart LR)", "mean",
+                       "gap to grid", "worst seed gap"], rows)
   print("\n".join(out))
 
 
