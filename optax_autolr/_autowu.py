@@ -829,6 +829,12 @@ def _flat_kwargs(autowu_kwargs: dict[str, Any]) -> dict[str, Any]:
   return {**(nested or {}), **autowu_kwargs}
 
 
+def _then_autowu(inner, total_steps, steps_per_epoch, autowu_kwargs):
+  """``optax.chain(inner, autowu(...))``, the shape of the ready-made chains."""
+  return optax.chain(inner, autowu(total_steps, steps_per_epoch,
+                                   **_flat_kwargs(autowu_kwargs)))
+
+
 def autowu_lamb(
     total_steps: int,
     steps_per_epoch: int,
@@ -864,12 +870,9 @@ def autowu_lamb(
     >>> tx = optax_autolr.autowu_lamb(total_steps=2000, steps_per_epoch=100,
     ...                               weight_decay=1e-4)
   """
-  autowu_kwargs = _flat_kwargs(autowu_kwargs)
-  return optax.chain(
-      optax.lamb(1.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                 mask=mask),
-      autowu(total_steps, steps_per_epoch, **autowu_kwargs),
-  )
+  lamb = optax.lamb(1.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                    mask=mask)
+  return _then_autowu(lamb, total_steps, steps_per_epoch, autowu_kwargs)
 
 
 def autowu_adamw(
@@ -885,34 +888,23 @@ def autowu_adamw(
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW (``optax.adamw`` with learning rate 1) followed by :func:`autowu`.
 
-  The decoupled weight decay is part of AdamW's update, so AutoWU's learning
-  rate scales it, as in ``optax.adamw(schedule)``.
-
-  Args:
-    total_steps: see :func:`autowu`.
-    steps_per_epoch: see :func:`autowu`.
-    b1: AdamW's first-moment decay.
-    b2: AdamW's second-moment decay.
-    eps: AdamW's epsilon.
-    weight_decay: AdamW's decoupled weight decay.
-    mask: which params get weight decay (see ``optax.adamw``).
-    **autowu_kwargs: any keyword argument of :func:`autowu`.
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs``; call its update with
-    ``value=loss``.
+  ``b1``, ``b2``, ``eps``, ``weight_decay`` and ``mask`` are those of
+  ``optax.adamw``; its decoupled weight decay is part of the update, so
+  AutoWU's learning rate scales it, as in ``optax.adamw(schedule)``. Every
+  other keyword argument goes to :func:`autowu`. Call the update with
+  ``value=loss``.
 
   Example:
     >>> import optax_autolr
     >>> tx = optax_autolr.autowu_adamw(total_steps=2000, steps_per_epoch=100,
     ...                                weight_decay=1e-4)
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
   """
-  autowu_kwargs = _flat_kwargs(autowu_kwargs)
-  return optax.chain(
-      optax.adamw(1.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                  mask=mask),
-      autowu(total_steps, steps_per_epoch, **autowu_kwargs),
-  )
+  adamw = optax.adamw(1.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                      mask=mask)
+  return _then_autowu(adamw, total_steps, steps_per_epoch, autowu_kwargs)
 
 
 def autowu_adamp(
@@ -957,13 +949,9 @@ def autowu_adamp(
     >>> tx = optax_autolr.autowu_adamp(total_steps=2000, steps_per_epoch=100,
     ...                                weight_decay=1e-4)
   """
-  autowu_kwargs = _flat_kwargs(autowu_kwargs)
-  return optax.chain(
-      _adamp(1.0, b1=b1, b2=b2, eps=eps, delta=delta,
-                      wd_ratio=wd_ratio, weight_decay=weight_decay,
-                      nesterov=nesterov, mask=mask),
-      autowu(total_steps, steps_per_epoch, **autowu_kwargs),
-  )
+  inner = _adamp(1.0, b1=b1, b2=b2, eps=eps, delta=delta, wd_ratio=wd_ratio,
+                 weight_decay=weight_decay, nesterov=nesterov, mask=mask)
+  return _then_autowu(inner, total_steps, steps_per_epoch, autowu_kwargs)
 
 
 # --------------------------------------------------------------------------

@@ -391,21 +391,12 @@ def test_in_chain_with_sign_flip_and_scheduler_last():
   assert losses[-1] < losses[0]
 
 
-def test_converges_in_scan():
+def test_converges_in_scan(scan_train):
   target = jnp.array([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]])
   loss = lambda p: jnp.sum(jnp.square(p["w"] - target)) + jnp.sum(
       jnp.square(p["b"] - 1.0))
   params = {"w": jnp.zeros((3, 2)) + 0.1, "b": jnp.zeros(2)}
-  tx = adamp(0.05)
-
-  def step(carry, _):
-    params, state = carry
-    value, grads = jax.value_and_grad(loss)(params)
-    updates, state = tx.update(grads, state, params, value=value)
-    return (optax.apply_updates(params, updates), state), value
-
-  (params, _), values = jax.jit(
-      lambda c: jax.lax.scan(step, c, None, 400))((params, tx.init(params)))
+  _, _, values = scan_train(adamp(0.05), loss, params, 400)
   assert values[-1] < 1e-3 * values[0]
 
 

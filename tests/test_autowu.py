@@ -252,19 +252,10 @@ def _quadratic():
   return loss_fn, {'w': jnp.zeros(4)}
 
 
-def test_converges_inside_scan():
+def test_converges_inside_scan(scan_train):
   loss_fn, params = _quadratic()
   tx = optax.chain(optax.adam(1.0), oa.autowu(400, 20))
-  state = tx.init(params)
-
-  def step(carry, _):
-    params, state = carry
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, state = tx.update(grads, state, params, value=loss)
-    return (optax.apply_updates(params, updates), state), loss
-
-  (params, state), losses = jax.jit(
-      lambda c: jax.lax.scan(step, c, None, length=400))((params, state))
+  params, state, losses = scan_train(tx, loss_fn, params, 400)
   assert float(losses[0]) > 10.0
   assert float(loss_fn(params)) < 1e-3 * float(losses[0])
   assert int(oa.get_phase(state)) == oa.DECAY
