@@ -2,21 +2,22 @@
 
 0.2.0 packed AutoWU's scalars into ``ints[7]`` / ``floats[6]`` arrays (four
 leaves in all) on the argument that every leaf is a buffer in and out of
-every train step; 0.3.0 uses a flat ``NamedTuple`` of named fields (17
-leaves, 20 with the window's). This measures both in one process,
-interleaved, on the same inputs:
+every train step; 0.3.0 uses a flat ``NamedTuple`` of named fields. This
+measures, in one process, interleaved (rotating order), on the same inputs:
 
 * the jitted AutoWU update alone (4-element params), and
 * a full train step (LAMB + AutoWU, non-test steps) of the MLP at B = 1024 and
   the CNN at B = 128 / 256,
 
-reporting the median over rounds of the paired ratio flat / packed and, as
-the noise floor, the same ratio of the packed step against a second copy of
-itself. The packed implementation is the library at commit ``PACKED_COMMIT``,
-read with ``git show`` into a temporary package ``optax_autolr_packed``, so
+for three libraries: *packed* (commit ``PACKED_COMMIT``), *flat* (commit
+``FLAT_COMMIT``: named fields, the same decision rule, so the layout alone)
+and *current* (this checkout: named fields plus the rule-search stages). It
+reports the medians, the median over rounds of the paired ratio to packed,
+and, as the noise floor, the packed step against a second copy of itself.
+The older libraries are read with ``git show`` into temporary packages, so
 the command needs a git checkout::
 
-    python -m experiments.bench_layout            # ~3-5 min on 2 CPU cores
+    python -m experiments.bench_layout            # ~6-8 min on 2 CPU cores
     python -m experiments.bench_layout --quick    # smoke run, ~1 min
 
 Writes ``experiments/results/bench_layout.md`` (``--quick``: a temporary
@@ -41,8 +42,10 @@ from experiments import machine
 from experiments import report
 
 PACKED_COMMIT = '6dca3c2'  # The last commit with the packed state.
+FLAT_COMMIT = 'ce53b00'  # The flat state with the same decision rule.
 ROOT = Path(__file__).resolve().parent.parent
-_MODULES = ('__init__', '_autowu', '_adamp', 'gp', 'scaling', 'window')
+_MODULES = ('__init__', '_autowu', '_adamp', '_checks', 'gp', 'scaling',
+            'window')
 # The settings (plain data): interleaved rounds, steps per round, calls per
 # round of the update alone, and the train-step cases (model, batch).
 FULL = dict(rounds=40, steps=10, update_calls=50,
@@ -50,18 +53,21 @@ FULL = dict(rounds=40, steps=10, update_calls=50,
 QUICK = dict(rounds=5, steps=5, update_calls=10, cases=[('mlp', 1024)])
 
 
-def load_packed(commit: str = PACKED_COMMIT):
-  """Imports the library of ``commit`` as the package ``optax_autolr_packed``."""
-  folder = Path(tempfile.mkdtemp(prefix='optax_autolr_packed_'))
-  pkg = folder / 'optax_autolr_packed'
+def load_commit(commit: str, package: str):
+  """Imports the library of ``commit`` (read with ``git show``) as ``package``."""
+  folder = Path(tempfile.mkdtemp(prefix=f'{package}_'))
+  pkg = folder / package
   pkg.mkdir()
   for name in _MODULES:
-    src = subprocess.run(
+    shown = subprocess.run(
         ['git', 'show', f'{commit}:optax_autolr/{name}.py'], cwd=ROOT,
-        check=True, capture_output=True, text=True).stdout
-    (pkg / f'{name}.py').write_text(src.replace('optax_autolr', 'optax_autolr_packed'))
+        capture_output=True, text=True)
+    if shown.returncode and name != '__init__':
+      continue  # A module that commit did not have yet.
+    shown.check_returncode()
+    (pkg / f'{name}.py').write_text(shown.stdout.replace('optax_autolr', package))
   sys.path.insert(0, str(folder))
-  return importlib.import_module('optax_autolr_packed')
+  return importlib.import_module(package)
 
 
 def _rotated(names, i):
@@ -158,11 +164,13 @@ def main(argv=None):
   args = parser.parse_args(argv)
   import optax_autolr
   try:
-    packed = load_packed()
+    packed = load_commit(PACKED_COMMIT, 'optax_autolr_packed')
+    flat = load_commit(FLAT_COMMIT, 'optax_autolr_flat')
   except (subprocess.CalledProcessError, FileNotFoundError) as e:
-    parser.error(f'cannot read the packed implementation at commit '
-                 f'{PACKED_COMMIT} with git (a git checkout is needed): {e}')
-  libs = {'packed': packed, 'flat': optax_autolr, 'packed_copy': packed}
+    parser.error(f'cannot read the library at commits {PACKED_COMMIT} / '
+                 f'{FLAT_COMMIT} with git (a git checkout is needed): {e}')
+  libs = {'packed': packed, 'flat': flat, 'current': optax_autolr,
+          'packed_copy': packed}
   cfg = QUICK if args.quick else FULL
   rounds, steps = cfg['rounds'], cfg['steps']
   cases = [('update alone', None, None)] + [(m, m, b) for m, b in cfg['cases']]
@@ -175,11 +183,14 @@ def main(argv=None):
       times = bench_train_step(libs, model, batch, rounds, steps)
     med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     rows.append((f'{label}' + (f' B={batch}' if batch else ''), med['packed'],
-                 med['flat'], _paired(times['flat'], times['packed']),
+                 med['flat'], med['current'],
+                 _paired(times['flat'], times['packed']),
+                 _paired(times['current'], times['packed']),
                  _paired(times['packed_copy'], times['packed'])))
     print(f'{rows[-1][0]}: packed {med["packed"]:.3f} ms, flat '
-          f'{med["flat"]:.3f} ms, flat/packed {rows[-1][3]:.4f} '
-          f'(noise floor {rows[-1][4]:.4f})', flush=True)
+          f'{med["flat"]:.3f} ms, current {med["current"]:.3f} ms; flat/packed '
+          f'{rows[-1][4]:.4f}, current/packed {rows[-1][5]:.4f} '
+          f'(noise floor {rows[-1][6]:.4f})', flush=True)
   out = report.results_dir(args.out_dir, 'bench_layout', args.quick)
   name = 'bench_layout_quick.md' if args.quick else 'bench_layout.md'
   lines = report.header('Packed vs flat AutoWU state') + [
@@ -189,7 +200,9 @@ def main(argv=None):
       f'{time.time() - started:.0f} s',
       report.machine_line(machine.machine_info()),
       f'- Packed: the library at commit `{PACKED_COMMIT}` (0.2.0 layout, 4 leaves); '
-      'flat: this checkout (0.3.0, named fields).',
+      f'flat: commit `{FLAT_COMMIT}` (named fields, 20 leaves, the same decision '
+      'rule: the layout alone); current: this checkout (named fields plus the '
+      'rule-search stages: spike cap state and descent gate).',
       f'- {rounds} interleaved rounds of {steps} steps (update alone: '
       f'{cfg["update_calls"]} calls) '
       'per variant; ratio = median over rounds of the paired per-round ratio; '
@@ -197,8 +210,9 @@ def main(argv=None):
       'interleaved the same way.',
       '',
   ] + report.table(
-      ['case', 'packed ms', 'flat ms', 'flat / packed', 'noise floor'],
-      [[r[0], f'{r[1]:.3f}', f'{r[2]:.3f}', f'{r[3]:.4f}', f'{r[4]:.4f}']
+      ['case', 'packed ms', 'flat ms', 'current ms', 'flat / packed',
+       'current / packed', 'noise floor'],
+      [[r[0], *(f'{v:.3f}' for v in r[1:4]), *(f'{v:.4f}' for v in r[4:])]
        for r in rows])
   report.write(out / name, lines, final_newline=True)
   print(f'wrote {out / name}')
