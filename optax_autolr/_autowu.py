@@ -154,13 +154,22 @@ def _to_numpy(tree: Any) -> Any:
 
   Returns None if a leaf is traced (inside ``jax.jit``).
   """
-  is_var = lambda x: hasattr(x, 'get_value')  # nnx.Variable
-  leaves = jax.tree.leaves(tree, is_leaf=is_var)
-  if any(isinstance(x, jax.core.Tracer) for x in leaves):
-    return None
-  return jax.tree.map(
-      lambda x: np.asarray(jax.device_get(x.get_value() if is_var(x) else x)),
-      tree, is_leaf=is_var)
+  tree = _unwrap(tree)
+  leaves = jax.tree.leaves(tree)
+  numeric = lambda x: (isinstance(x, (np.ndarray, np.generic, jax.Array,
+                                      int, float))
+                       and not isinstance(x, jax.core.Tracer)
+                       and np.asarray(x).dtype.kind in 'biuf')
+  if not all(numeric(x) for x in leaves):
+    return None  # Traced, abstract (ShapeDtypeStruct), shardings, ...
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def _unwrap(tree: Any) -> Any:
+  """``tree`` with ``nnx.Variable`` leaves replaced by their values."""
+  is_var = lambda x: hasattr(x, 'get_value')
+  return jax.tree.map(lambda x: x.get_value() if is_var(x) else x, tree,
+                      is_leaf=is_var)
 
 
 class _Config(NamedTuple):
@@ -448,15 +457,15 @@ def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
                 spike_lr):
   """The LR the decay starts from, for a switch at step ``t``.
 
-  ``restart_fraction`` x the warmup LR at the test's restart point, at most
-  the LR before the first loss spike; the LR reached when the maximal warmup
-  ends without a minimum. The loss seen at step t follows the update made
+  ``restart_fraction`` x the warmup LR at the test's restart point, or the LR
+  reached when the maximal warmup ends without a minimum; at most the LR
+  before the first loss spike. The loss seen at step t follows the update made
   with the LR of step t - 1: after a non-finite loss, restart at most from the
   LR of step t - 2, the largest one whose outcome was finite.
   """
   at_point = cfg.restart_fraction * _warmup_lr(cfg, argmin * t_data)
-  restart = jnp.where(reason == MAX_WARMUP, _warmup_lr(cfg, t),
-                      jnp.minimum(at_point, spike_lr))
+  restart = jnp.minimum(
+      jnp.where(reason == MAX_WARMUP, _warmup_lr(cfg, t), at_point), spike_lr)
   return jnp.where(non_finite,
                    jnp.minimum(restart, _warmup_lr(cfg, jnp.maximum(t - 2, 0))),
                    restart)
@@ -799,10 +808,18 @@ _CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
                      ) -> list[str]:
-  """``'name: state x, transformation y'`` for every differing constant."""
-  return [f'{name}: state {state_values[name]:g}, transformation '
-          f'{ours[name]:g}' for name in _CONFIG_FIELDS
-          if not math.isclose(state_values[name], ours[name], rel_tol=1e-6)]
+  """``'name: state x, transformation y'`` for every differing constant.
+
+  Values may be arrays (stacked states): they differ if any element does.
+  """
+  def text(v):
+    v = np.unique(np.asarray(v, np.float64))
+    return f'{v[0]:g}' if v.size == 1 else '[' + ', '.join(
+        f'{x:g}' for x in v) + ']'
+
+  return [f'{name}: state {text(state_values[name])}, transformation '
+          f'{text(ours[name])}' for name in _CONFIG_FIELDS
+          if not np.allclose(state_values[name], ours[name], rtol=1e-6)]
 
 
 def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
@@ -811,8 +828,7 @@ def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
   if any(isinstance(x, jax.core.Tracer) or np.ndim(x) for x in leaves):
     return  # Under jit (or a stacked state): see check_restored.
   diffs = _config_mismatch(
-      cfg._asdict(), {n: np.asarray(getattr(state, n)).item()
-                      for n in _CONFIG_FIELDS})
+      cfg._asdict(), {n: np.asarray(getattr(state, n)) for n in _CONFIG_FIELDS})
   if diffs:
     warnings.warn('autowu: the state was made for another configuration ('
                   + '; '.join(diffs) + '); the transformation\'s wins.',
@@ -1022,23 +1038,23 @@ def find_autowu_state(state: Any, path: str | None = None) -> AutoWUState:
 
 def get_lr(state: Any, path: str | None = None) -> jax.Array:
   """The LR applied at the last update (``min_lr`` before the first)."""
-  return find_autowu_state(state, path).lr
+  return _unwrap(find_autowu_state(state, path).lr)
 
 
 def get_phase(state: Any, path: str | None = None) -> jax.Array:
   """``WARMUP`` (0) or ``DECAY`` (1)."""
-  return find_autowu_state(state, path).phase
+  return _unwrap(find_autowu_state(state, path).phase)
 
 
 def get_probability(state: Any, path: str | None = None) -> jax.Array:
   """Past-minimum probability of the last minimum test."""
-  return find_autowu_state(state, path).probability
+  return _unwrap(find_autowu_state(state, path).probability)
 
 
 def get_switch(state: Any, path: str | None = None
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``(switch_step, restart_lr, switch_reason)``; step is -1 before it."""
-  s = find_autowu_state(state, path)
+  s = _unwrap(find_autowu_state(state, path))
   return s.switch_step, s.restart_lr, s.switch_reason
 
 
@@ -1069,7 +1085,12 @@ def get_metrics(state: Any, path: str | None = None) -> dict[str, Any]:
   s = _to_numpy(find_autowu_state(state, path))
   if s is None:
     raise TypeError('get_metrics reads values off the device: call it '
-                    'outside jax.jit.')
+                    'outside jax.jit, on a state of arrays.')
+  if np.ndim(s.count):
+    raise ValueError(
+        f'get_metrics needs one state, got a stacked one (count shape '
+        f'{np.shape(s.count)}): index it first, e.g. '
+        '`jax.tree.map(lambda x: x[-1], state)`.')
   return {
       'step': int(s.count), 'lr': float(s.lr),
       'phase': PHASES[int(s.phase)], 'probability': float(s.probability),
@@ -1123,7 +1144,7 @@ def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
   def value(node, name):
     v = getattr(node, name) if isinstance(node, AutoWUState) else node[name]
     v = v.get_value() if hasattr(v, 'get_value') else v  # nnx.Variable
-    return np.asarray(v).item()
+    return np.asarray(v)
 
   found = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]
   return {jax.tree_util.keystr(path): {n: value(node, n)
@@ -1149,12 +1170,16 @@ def check_restored(restored: Any, fresh: Any) -> list[str]:
     The differences found (also issued as one ``UserWarning``), ``[]`` if
     none.
   """
-  new = _config_nodes(fresh)
+  new, old = _config_nodes(fresh), _config_nodes(restored)
+  if len(new) == 1 and len(old) == 1:  # One each: paths may differ in form.
+    new, old = {'': next(iter(new.values()))}, {'': next(iter(old.values()))}
   diffs = []
-  for key, old in _config_nodes(restored).items():
-    if key in new:
-      diffs += [f'{key}: {d}' if len(new) > 1 else d
-                for d in _config_mismatch(new[key], old)]
+  for key, old_values in old.items():
+    if key not in new:
+      diffs.append(f'{key}: no AutoWU state at this path in `fresh`')
+      continue
+    diffs += [f'{key}: {d}' if key else d
+              for d in _config_mismatch(new[key], old_values)]
   if diffs:
     warnings.warn('the restored AutoWU state was made for another '
                   'configuration: ' + '; '.join(diffs), stacklevel=2)
@@ -1192,7 +1217,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
     :class:`~optax_autolr.gp.MinimumTestResult`, whose posterior is in loss
     units.
   """
-  s = find_autowu_state(state, path)
+  s = _unwrap(find_autowu_state(state, path))
   given = {'lengthscale': lengthscale, 'grid_size': grid_size,
            'noise_floor': noise_floor, 'min_descent': min_descent,
            'valley_level': valley_level}

@@ -58,7 +58,7 @@ def check_float(name: str, value: Any, low: float, high: float, *,
     static: whether ``value`` must be a Python or NumPy number.
 
   Returns:
-    ``float(value)`` for a number; ``value`` unchanged for an array.
+    ``float(value)``; with ``static=False`` an array is returned unchanged.
   """
   _reject_array(name, value, static)
   if _is_traced(value):
@@ -81,7 +81,7 @@ def check_float(name: str, value: Any, low: float, high: float, *,
     hb = ')' if high_open or high == math.inf else ']'
     hi = 'inf' if high == math.inf else high
     raise ValueError(f'`{name}` must be in {lb}{low}, {hi}{hb}, got {value!r}.')
-  return value if is_array else number
+  return number if static or not is_array else value
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -118,3 +118,43 @@ def test_repr_and_metrics_of_an_nnx_optimizer_state():
   state = oa.find_autowu_state(opt.opt_state)  # nnx.Variable leaves.
   assert repr(state).startswith("AutoWUState(count=0, phase='warmup'")
   assert oa.get_metrics(opt.opt_state)['switch_reason'] == 'not switched'
+
+
+def test_readback_on_nnx_states_and_abstract_or_stacked_states():
+  from flax import nnx  # noqa: PLC0415
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(model, oa.autowu_lamb(100, 10), wrt=nnx.Param)
+  assert isinstance(oa.get_lr(opt.opt_state), jax.Array)
+  steps, _ = oa.loss_curve_posterior(opt.opt_state)  # Variable leaves.
+  assert steps.shape == (256,)
+  # A split nnx.State (dict form, other paths) against a fresh state.
+  other = optax.chain(optax.lamb(1.0), oa.autowu(200, 10)).init(
+      nnx.state(model, nnx.Param))
+  with pytest.warns(UserWarning, match='total_steps: state 100'):
+    assert oa.check_restored(nnx.split(opt)[1], other)
+  # Stacked and abstract states: no crash.
+  state = oa.autowu(100, 10).init(None)
+  stacked = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+  fresh = oa.autowu(100, 10).init(None)
+  assert oa.check_restored(stacked, fresh) == []
+  with pytest.raises(ValueError, match='stacked'):
+    oa.get_metrics(stacked)
+  assert repr(jax.eval_shape(lambda: state)).startswith('AutoWUState(count=')
+
+
+def test_numpy_array_arguments_are_plain_numbers():
+  tx = oa.autowu(100, 10, confidence=np.array(0.9), min_lr=np.float32(1e-4))
+  _, state = jax.jit(tx.update)({}, tx.init(None), value=1.0)
+  assert float(state.lr) == pytest.approx(1e-4)
+
+
+def test_spike_caps_the_restart_at_max_warmup_too():
+  total = 200  # Maximal warmup: 50 steps; a falling loss, one spike.
+  tx = oa.autowu(total, 10)
+  state = tx.init(None)
+  for t in range(60):
+    loss = 2.0 - 0.01 * t + (3.0 if t == 30 else 0.0)
+    _, state = tx.update({}, state, value=loss)
+  assert int(state.switch_reason) == oa.MAX_WARMUP
+  assert float(state.restart_lr) == pytest.approx(float(state.spike_lr))
+  assert float(state.spike_lr) < 0.1
