@@ -776,7 +776,14 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
     test_every = default_test_every(total_steps, steps_per_epoch,
                                     max_warmup_fraction)
   test_every = c.check_int('test_every', test_every, 1, warmup_steps)
-  if patience * test_every > warmup_steps:
+  if warmup_steps < _MIN_LOSSES_FOR_TEST:
+    warnings.warn(
+        f'autowu: the maximal warmup ({warmup_steps} steps) is shorter than '
+        f'the {_MIN_LOSSES_FOR_TEST} losses the minimum test and the guards '
+        'need: warmup will end at the LR it reached (up to `max_lr`). '
+        'Lengthen the budget or `max_warmup_fraction`, or lower `max_lr`.',
+        stacklevel=3)
+  elif patience * test_every > warmup_steps:
     warnings.warn(
         f'autowu: `patience` * `test_every` = {patience} * {test_every} > '
         f'the maximal warmup ({warmup_steps} steps): warmup can only end by '

@@ -232,6 +232,11 @@ def test_messages_name_the_argument_and_the_range():
     oa.autowu(1000, 10, max_warmup_fraction=1.5)
 
 
+def test_warmup_too_short_for_any_test_warns():
+  with pytest.warns(UserWarning, match='shorter than the 8 losses'):
+    oa.autowu(28, 14)  # 2 epochs of 14 steps: a 7-step maximal warmup.
+
+
 def test_tests_too_rare_for_patience_warn():
   with pytest.warns(UserWarning, match='never by a confident minimum'):
     oa.autowu(100, 20, test_every=20)  # 3 tests need 60 > 50 warmup steps.
