@@ -414,13 +414,34 @@ def minimum_test_outcome(result: gp.MinimumTestResult,
   return probability.astype(jnp.float32), position.astype(jnp.float32)
 
 
+def _run_test(window, last, *, lengthscale, grid_size, noise_floor,
+              min_descent, valley_level) -> gp.MinimumTestResult:
+  """The test as the update runs it.
+
+  Returns:
+    The GP's result, with the test's outcome (:func:`minimum_test_outcome`)
+    as its ``probability`` and ``argmin``.
+  """
+  result = minimum_test(window, last, lengthscale=lengthscale,
+                        grid_size=grid_size, noise_floor=noise_floor)
+  probability, position = minimum_test_outcome(
+      result, window, lengthscale=lengthscale, min_descent=min_descent,
+      valley_level=valley_level)
+  return result._replace(probability=probability, argmin=position)
+
+
+# Eager callers (plots, logging) compile once per set of constants.
+_jit_test = jax.jit(_run_test, static_argnames=(
+    'lengthscale', 'grid_size', 'noise_floor', 'min_descent', 'valley_level'))
+
+
 def _test_branch(cfg: _Config, window, t_data, probability, argmin):
   del probability, argmin
-  result = minimum_test(window, t_data, lengthscale=cfg.lengthscale,
-                        grid_size=cfg.grid_size, noise_floor=cfg.noise_floor)
-  return minimum_test_outcome(result, window, lengthscale=cfg.lengthscale,
-                       min_descent=cfg.min_descent,
-                       valley_level=cfg.valley_level)
+  result = _run_test(window, t_data, lengthscale=cfg.lengthscale,
+                     grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
+                     min_descent=cfg.min_descent,
+                     valley_level=cfg.valley_level)
+  return result.probability, result.argmin
 
 
 def _skip_branch(window, t_data, probability, argmin):
@@ -1245,16 +1266,3 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   given['grid_size'] = int(given['grid_size'])
   result = _jit_test(s.window, last, **given)
   return result.grid * last.astype(jnp.float32), result
-
-
-@functools.partial(jax.jit, static_argnames=(
-    'lengthscale', 'grid_size', 'noise_floor', 'min_descent', 'valley_level'))
-def _jit_test(window, last, *, lengthscale, grid_size, noise_floor,
-              min_descent, valley_level) -> gp.MinimumTestResult:
-  """The test as the update runs it, jitted for eager callers."""
-  result = minimum_test(window, last, lengthscale=lengthscale,
-                        grid_size=grid_size, noise_floor=noise_floor)
-  probability, position = minimum_test_outcome(
-      result, window, lengthscale=lengthscale, min_descent=min_descent,
-      valley_level=valley_level)
-  return result._replace(probability=probability, argmin=position)
