@@ -10,7 +10,7 @@ traceback. Bugs still raise normally.
 * :class:`UsageError`: raised by the checks that need more than one flag (or
   the data); :func:`usage_errors` turns it into ``parser.error``.
 * :func:`integer`, :func:`number`, :func:`list_of`, :func:`existing_file`,
-  :func:`existing_dir`, :func:`output_dir`: argparse ``type=`` callables whose
+  :func:`existing_dir`, :func:`existing_path`, :func:`output_dir`: argparse ``type=`` callables whose
   messages name the allowed values (argparse otherwise reports
   ``invalid <function name> value``).
 
@@ -31,6 +31,7 @@ __all__ = [
     "add_output_flags",
     "existing_dir",
     "existing_file",
+    "existing_path",
     "integer",
     "list_of",
     "number",
@@ -165,6 +166,8 @@ existing_file = _named(_existing("file", Path.is_file), "file")
 """``type=`` for a path that must be an existing file."""
 existing_dir = _named(_existing("directory", Path.is_dir), "directory")
 """``type=`` for a path that must be an existing directory."""
+existing_path = _named(_existing("file or directory", Path.exists), "path")
+"""``type=`` for a path that must exist (a file or a directory)."""
 output_dir = _named(_output_dir, "directory")
 """``type=`` for an output directory: created later, but not an existing file."""
 

@@ -24,6 +24,7 @@ Normalization (``normalize=``):
 * ``"standardize"``: ``(x / 255 - mean) / std``; defaults are the
   Fashion-MNIST training-set statistics ``mean=0.2860, std=0.3530``
   (:data:`NORM_STATS` holds MNIST and per-channel CIFAR-10 values too).
+* ``"none"``: token ids (text), passed through as ``int32``.
 
 Float inputs are not divided by 255 (they are assumed to be in ``[0, 1]``).
 """
@@ -53,13 +54,16 @@ __all__ = [
     "FASHION_MNIST_STD",
     "IDX_FILES",
     "NORM_STATS",
+    "TEXT_DATASETS",
     "epoch_batches",
     "load_dataset",
+    "load_text",
     "make_epoch_iterator",
     "normalize_images",
     "num_batches",
     "read_idx",
     "shard_batch",
+    "split_validation",
     "to_device",
     "write_idx",
 ]
@@ -217,6 +221,12 @@ class Dataset(NamedTuple):
     name: Canonical dataset name, e.g. ``"fashion_mnist"``.
     source: Where the data came from, e.g. ``"idx:/usr/share/datasets/fashion-mnist"``
       or ``"tfds:fashion_mnist"``.
+    val_x: Validation inputs held out from the training split (see
+      :func:`split_validation`, :func:`load_text`), or None.
+    val_y: Their labels, or None.
+
+  For a text dataset (:func:`load_text`) ``*_x`` are ``uint8`` byte windows
+  ``(N, context)`` and ``*_y`` the ``int32`` next bytes, same shape.
   """
 
   train_x: np.ndarray
@@ -226,6 +236,13 @@ class Dataset(NamedTuple):
   num_classes: int
   name: str
   source: str
+  val_x: np.ndarray | None = None
+  val_y: np.ndarray | None = None
+
+  @property
+  def is_text(self) -> bool:
+    """Whether this is a language-modelling dataset (see :func:`load_text`)."""
+    return self.name in TEXT_DATASETS
 
 
 def _canonical_name(name: str) -> str:
@@ -443,6 +460,182 @@ def load_dataset(
   return Dataset(train_x, train_y, test_x, test_y, num_classes, name, source)
 
 
+def split_validation(dataset: Dataset, n_val: int, seed: int = 0) -> Dataset:
+  """Holds ``n_val`` training examples out as a validation split.
+
+  The held-out examples are fixed by ``seed`` (default 0, independent of a
+  run's seed), so every run of a sweep is picked on the same split; the
+  test split is untouched. ``n_val=0`` returns ``dataset`` unchanged.
+
+  Args:
+    dataset: A dataset without a validation split.
+    n_val: Examples to hold out, in ``[0, len(train) - 1]``.
+    seed: Seed of the fixed permutation that chooses them.
+
+  Returns:
+    The dataset with ``val_x`` / ``val_y`` set and those examples removed
+    from ``train_x`` / ``train_y`` (the rest keep their order).
+  """
+  n = len(dataset.train_x)
+  if not isinstance(n_val, (int, np.integer)) or not 0 <= n_val < n:
+    raise ValueError(f"`n_val` must be an integer in [0, {n - 1}], got {n_val!r}")
+  if n_val == 0:
+    return dataset
+  if dataset.val_x is not None:
+    raise ValueError(f"{dataset.name} already has a validation split")
+  held = np.zeros(n, bool)
+  held[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+  return dataset._replace(
+      train_x=dataset.train_x[~held], train_y=dataset.train_y[~held],
+      val_x=dataset.train_x[held], val_y=dataset.train_y[held])
+
+
+# ---------------------------------------------------------------------------
+# Text (byte-level language modelling)
+# ---------------------------------------------------------------------------
+
+TEXT_DATASETS = ("fortunes", "tiny_shakespeare", "text")
+"""Text sources of :func:`load_text` (``text``: a user's file or folder)."""
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+"""Debian package ``fortunes`` (and ``fortunes-min``): English quotations,
+jokes and literature, ~2.5 MB of plain text, one file per collection."""
+
+TEXT_FRACTIONS = (0.9, 0.05, 0.05)
+"""Train / validation / test shares of the windows of a text corpus."""
+
+
+def _read_text_files(paths: list[Path]) -> bytes:
+  return b"\n".join(p.read_bytes() for p in sorted(paths))
+
+
+def _text_files(directory: Path) -> list[Path]:
+  """Regular text files under ``directory`` (fortune index ``.dat`` files skipped)."""
+  return [p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()
+          and p.suffix not in (".dat", ".gz", ".zip")]
+
+
+def _windows(corpus: bytes, context: int) -> tuple[np.ndarray, np.ndarray]:
+  """Non-overlapping ``context + 1`` byte windows -> (inputs, next bytes)."""
+  arr = np.frombuffer(corpus, np.uint8)
+  n = len(arr) // (context + 1)
+  w = arr[: n * (context + 1)].reshape(n, context + 1)
+  return np.ascontiguousarray(w[:, :-1]), w[:, 1:].astype(np.int32)
+
+
+def _split_windows(corpus: bytes, context: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+  """Windows of one corpus, assigned to train / val / test by a fixed permutation."""
+  x, y = _windows(corpus, context)
+  n = len(x)
+  n_val, n_test = (max(1, int(round(f * n))) for f in TEXT_FRACTIONS[1:])
+  if n - n_val - n_test < 1:
+    raise ValueError(f"text of {len(corpus)} bytes is too short for context {context}: "
+                     f"{n} windows, need at least 3")
+  perm = np.random.default_rng(seed).permutation(n)
+  val, test, train = (np.sort(p) for p in np.split(perm, [n_val, n_val + n_test]))
+  return x[train], y[train], x[val], y[val], x[test], y[test]
+
+
+def _load_tfds_text(name: str, download: bool) -> tuple[dict[str, bytes] | None, str]:
+  """Tries TFDS for a text dataset with train/validation/test splits of one string each."""
+  try:
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - optional, heavy.
+  except ImportError:
+    return None, "tensorflow_datasets: not installed"
+  reason = ""
+  for dl in ([False, True] if download else [False]):
+    try:
+      splits = tfds.as_numpy(tfds.load(name, batch_size=-1, download=dl))
+      return {k: b"".join(bytes(t) for t in v["text"]) for k, v in splits.items()}, ""
+    except Exception as e:  # noqa: BLE001 - TFDS raises many types; report them.
+      reason = f"tfds.load({name!r}, download={dl}): {type(e).__name__}: {e}"
+  return None, reason
+
+
+def _text_not_found(name: str, tried: list[str]) -> DatasetNotFoundError:
+  ways = {
+      "fortunes": ["sudo apt-get install fortunes fortunes-min",
+                   "or pass --data-dir with your own text file or folder"],
+      "tiny_shakespeare": ["pip install tensorflow-datasets && python -c \"import "
+                           "tensorflow_datasets as tfds; tfds.load('tiny_shakespeare')\"",
+                           "or pass --data-dir with the text file"],
+      "text": ["pass --data-dir with a text file or a folder of text files"],
+  }[name]
+  msg = f"Text dataset {name!r} not found. Tried:\n" + "\n".join(f"  - {t}" for t in tried)
+  err = DatasetNotFoundError(msg + "\nTo get it, " + "\n  ".join(ways))
+  err.brief = f"dataset {name!r} not found ({'; '.join(tried)})\nto get it: {'; '.join(ways)}"
+  return err
+
+
+def load_text(
+    name: str = "fortunes",
+    data_dir: PathLike | None = None,
+    *,
+    context: int = 128,
+    tfds_download: bool = False,
+) -> Dataset:
+  """Loads a byte-level language-modelling dataset into host memory.
+
+  Sources, in order (real text only; nothing is ever synthesized):
+
+  1. ``data_dir``: a text file, or a folder whose files are concatenated
+     (sorted by path; fortune ``.dat`` index files skipped). No fall-through.
+  2. ``name="fortunes"``: Debian's ``fortunes`` / ``fortunes-min`` packages in
+     :data:`FORTUNES_DIR`.
+  3. ``name="tiny_shakespeare"``: TFDS (its own train / validation / test
+     splits; ``download=False`` first, so a prepared copy needs no internet).
+
+  The corpus is cut into non-overlapping windows of ``context + 1`` bytes
+  (input: the first ``context``; target: the last ``context``). For sources
+  without splits, a fixed permutation (seed 0) assigns 5 % of the windows
+  to validation and 5 % to test (:data:`TEXT_FRACTIONS`).
+
+  Args:
+    name: ``"fortunes"`` (default), ``"tiny_shakespeare"`` or ``"text"``
+      (needs ``data_dir``).
+    data_dir: A text file or a folder of text files.
+    context: Tokens (bytes) per training sequence, >= 1.
+    tfds_download: Let TFDS download (needs internet). Off by default.
+
+  Returns:
+    A :class:`Dataset` with ``num_classes=256`` (the byte vocabulary) and a
+    validation split.
+
+  Raises:
+    DatasetNotFoundError: If no source has the text.
+    ValueError: For an unknown ``name``, a bad ``context`` or a text too short.
+  """
+  name = name.lower().replace("-", "_")
+  if name not in TEXT_DATASETS:
+    raise ValueError(f"Unknown text dataset {name!r}; supported: {list(TEXT_DATASETS)}")
+  if not isinstance(context, (int, np.integer)) or context < 1:
+    raise ValueError(f"`context` must be an integer >= 1, got {context!r}")
+  tried: list[str] = []
+  if data_dir is not None:
+    path = Path(data_dir).expanduser()
+    files = [path] if path.is_file() else _text_files(path) if path.is_dir() else []
+    if not files:
+      raise _text_not_found(name, [f"--data-dir {path}: no text files"])
+    arrays = _split_windows(_read_text_files(files), context)
+    source = f"text:{path}"
+  elif name == "fortunes" and FORTUNES_DIR.is_dir() and _text_files(FORTUNES_DIR):
+    arrays = _split_windows(_read_text_files(_text_files(FORTUNES_DIR)), context)
+    source = f"text:{FORTUNES_DIR}"
+  elif name == "tiny_shakespeare":
+    splits, reason = _load_tfds_text(name, tfds_download)
+    if splits is None:
+      raise _text_not_found(name, [reason])
+    (tx, ty), (vx, vy), (sx, sy) = (_windows(splits[k], context)
+                                    for k in ("train", "validation", "test"))
+    arrays, source = (tx, ty, vx, vy, sx, sy), f"tfds:{name}"
+  else:
+    tried.append(f"{FORTUNES_DIR}: no text files" if name == "fortunes"
+                 else "no --data-dir given")
+    raise _text_not_found(name, tried)
+  tx, ty, vx, vy, sx, sy = arrays
+  return Dataset(tx, ty, sx, sy, 256, name, source, val_x=vx, val_y=vy)
+
+
 # ---------------------------------------------------------------------------
 # On-device batch pipeline
 # ---------------------------------------------------------------------------
@@ -477,15 +670,19 @@ def to_device(x: Any, y: Any, device: Any = None) -> Batch:
   return x, y
 
 
-def _norm_params(normalize: str, mean: Any, std: Any) -> tuple[jax.Array, jax.Array]:
+def _norm_params(normalize: str, mean: Any, std: Any) -> tuple[Any, Any]:
+  if normalize == "none":  # Token ids: passed through as int32.
+    return None, None
   if normalize == "unit":
     return jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)
   if normalize == "standardize":
     return jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-  raise ValueError(f"normalize must be 'unit' or 'standardize', got {normalize!r}")
+  raise ValueError(f"normalize must be 'unit', 'standardize' or 'none', got {normalize!r}")
 
 
-def _normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+def _normalize(x: jax.Array, mean: jax.Array | None, std: jax.Array | None) -> jax.Array:
+  if mean is None:
+    return x.astype(jnp.int32)
   scale = 1.0 / 255.0 if x.dtype == jnp.uint8 else 1.0
   return (x.astype(jnp.float32) * scale - mean) / std
 
@@ -554,7 +751,7 @@ def epoch_batches(
     batch_size: Examples per batch.
     drop_last: Drop the final partial batch (keeps shapes static).
     shuffle: If False, batches follow dataset order (for evaluation).
-    normalize: ``"unit"`` or ``"standardize"`` (see module docstring).
+    normalize: ``"unit"``, ``"standardize"`` or ``"none"`` (see module docstring).
     mean: Mean for ``"standardize"``.
     std: Std for ``"standardize"``.
 
@@ -644,7 +841,7 @@ def make_epoch_iterator(x: Any, y: Any, batch_size: int, **options: Any) -> Epoc
     seed: Int seed or key; epoch ``e`` uses ``fold_in(key, e)``.
     drop_last: Drop the final partial batch.
     shuffle: Shuffle each epoch (False for evaluation).
-    normalize: ``"unit"`` or ``"standardize"``.
+    normalize: ``"unit"``, ``"standardize"`` or ``"none"`` (tokens).
     mean: Mean for ``"standardize"``.
     std: Std for ``"standardize"``.
     device: Optional device or sharding for the resident dataset.

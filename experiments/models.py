@@ -1,7 +1,9 @@
-"""Small Flax NNX classifiers for the experiments.
+"""Small Flax NNX models for the experiments.
 
-All models take NHWC float input (e.g. from :mod:`experiments.data`) and
-return unnormalized logits of shape ``(N, num_classes)``.
+The classifiers take NHWC float input (e.g. from :mod:`experiments.data`) and
+return unnormalized logits of shape ``(N, num_classes)``;
+:class:`Transformer` (a decoder-only language model) takes ``int32`` token
+ids ``(N, T)`` and returns next-token logits ``(N, T, vocab)``.
 
 ``SmallCNN(use_batchnorm=True)`` holds ``nnx.BatchStat`` running statistics:
 call ``model.train()`` before training steps and ``model.eval()`` before
@@ -15,9 +17,10 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["MLP", "SmallCNN", "MODELS", "make_model"]
+__all__ = ["MLP", "SmallCNN", "Transformer", "MODELS", "make_model"]
 
 
 class MLP(nnx.Module):
@@ -98,7 +101,76 @@ class SmallCNN(nnx.Module):
     return self.head(x)
 
 
-MODELS = {"mlp": MLP, "cnn": SmallCNN, "small_cnn": SmallCNN}
+class _Block(nnx.Module):
+  """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+  def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs):
+    self.heads = heads
+    self.ln1 = nnx.LayerNorm(width, rngs=rngs)
+    self.qkv = nnx.Linear(width, 3 * width, rngs=rngs)
+    self.out = nnx.Linear(width, width, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(width, rngs=rngs)
+    self.up = nnx.Linear(width, 4 * width, rngs=rngs)
+    self.down = nnx.Linear(4 * width, width, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, t, w = x.shape
+    q, k, v = jnp.split(self.qkv(self.ln1(x)).reshape(n, t, 3, self.heads, -1), 3, axis=2)
+    a = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=True)
+    x = x + self.out(a.reshape(n, t, w))
+    return x + self.down(jax.nn.gelu(self.up(self.ln2(x))))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer language model (GPT-style, pre-LayerNorm).
+
+  Token embedding + learned positions -> ``layers`` x [causal multi-head
+  self-attention, 4x GELU MLP], each pre-LayerNorm with a residual -> final
+  LayerNorm -> logits through the tied embedding (``tie=True``) or a
+  separate head. Attention is :func:`jax.nn.dot_product_attention` with
+  ``is_causal=True``: the output at position ``t`` depends on tokens
+  ``<= t`` only.
+
+  Args:
+    num_classes: Vocabulary size (256 for bytes).
+    in_shape: ``(context,)``, the longest sequence.
+    layers: Transformer blocks.
+    width: Model width (divisible by ``heads``).
+    heads: Attention heads.
+    tie: Tie the output head to the token embedding.
+    rngs: NNX random streams for initialization.
+  """
+
+  def __init__(
+      self,
+      num_classes: int = 256,
+      *,
+      in_shape: Sequence[int] = (128,),
+      layers: int = 2,
+      width: int = 128,
+      heads: int = 4,
+      tie: bool = True,
+      rngs: nnx.Rngs,
+  ):
+    if width % heads:
+      raise ValueError(f"`width` ({width}) must be divisible by `heads` ({heads})")
+    (context,) = in_shape
+    init = nnx.initializers.normal(0.02)
+    self.embed = nnx.Embed(num_classes, width, embedding_init=init, rngs=rngs)
+    self.pos = nnx.Param(init(rngs.params(), (context, width)))
+    self.blocks = nnx.List([_Block(width, heads, rngs=rngs) for _ in range(layers)])
+    self.ln = nnx.LayerNorm(width, rngs=rngs)
+    self.head = None if tie else nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    x = self.embed(tokens) + self.pos[: tokens.shape[-1]]
+    for block in self.blocks:
+      x = block(x)
+    x = self.ln(x)
+    return self.embed.attend(x) if self.head is None else self.head(x)
+
+
+MODELS = {"mlp": MLP, "cnn": SmallCNN, "small_cnn": SmallCNN, "transformer": Transformer}
 
 
 def make_model(
@@ -112,13 +184,14 @@ def make_model(
   """Builds a model by name.
 
   Args:
-    name: ``"mlp"``, ``"cnn"`` or ``"small_cnn"`` (case-insensitive,
-      ``-`` allowed for ``_``).
+    name: ``"mlp"``, ``"cnn"``, ``"small_cnn"`` or ``"transformer"``
+      (case-insensitive, ``-`` allowed for ``_``).
     rngs: NNX random streams, e.g. ``nnx.Rngs(0)``.
-    num_classes: Number of output logits.
-    in_shape: Shape of one input example ``(H, W, C)``.
+    num_classes: Number of output logits (the vocabulary of a transformer).
+    in_shape: Shape of one input example ``(H, W, C)``, or ``(context,)``.
     **kwargs: Extra constructor arguments (``hidden=`` for the MLP,
-      ``use_batchnorm=`` / ``dense=`` for the CNN).
+      ``use_batchnorm=`` / ``dense=`` for the CNN, ``layers=`` / ``width=`` /
+      ``heads=`` / ``tie=`` for the transformer).
 
   Returns:
     The initialized model.

@@ -91,7 +91,12 @@ class TrainConfig:
 
   ``test_every``: an int, ``"epoch"`` (once an epoch, the authors' rule) or
   None (the library default). ``divergence_factor``: a float > 1 or None
-  (guard off). ``subset``: ``(n_train, n_test)`` or None.
+  (guard off). ``subset``: ``(n_train, n_test)`` or None. ``holdout``:
+  training examples held out as a fixed validation split
+  (:func:`experiments.data.split_validation`; text datasets always have
+  one). ``context``: tokens per sequence of a text dataset. ``autowu``:
+  further keyword arguments of :func:`optax_autolr.autowu` (a decision-rule
+  variant; the flags above win).
   """
 
   schedule: str = "autowu_lamb"
@@ -107,7 +112,10 @@ class TrainConfig:
   weight_decay: float = schedules_lib.DEFAULT_WEIGHT_DECAY
   subset: tuple[int | None, int | None] | None = None
   normalize: str = "standardize"
+  holdout: int = 0
+  context: int = 128
   # AutoWU.
+  autowu: dict[str, Any] = dataclasses.field(default_factory=dict)
   test_every: int | str | None = None
   divergence_factor: float | None = _AUTOWU_DEFAULTS["divergence_factor"]
   max_warmup_fraction: float = _AUTOWU_DEFAULTS["max_warmup_fraction"]
@@ -128,6 +136,7 @@ class TrainConfig:
   def autowu_kwargs(self, steps_per_epoch: int) -> dict[str, Any]:
     """Keyword arguments for :func:`optax_autolr.autowu`."""
     kw: dict[str, Any] = {
+        **self.autowu,
         "max_warmup_fraction": self.max_warmup_fraction,
         "decay": self.decay,
         "divergence_factor": self.divergence_factor,
@@ -162,6 +171,8 @@ _subset.__name__ = _subset.__qualname__ = "subset"
 
 
 def _dataset(s: str) -> str:
+  if s.lower().replace("-", "_") in data_lib.TEXT_DATASETS:
+    return s.lower().replace("-", "_")
   try:
     return data_lib._canonical_name(s)  # noqa: SLF001 - accepts the aliases too.
   except ValueError:
@@ -171,7 +182,7 @@ def _dataset(s: str) -> str:
 
 _dataset.__name__ = _dataset.__qualname__ = "dataset"
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10")
+DATASETS = ("fashion_mnist", "mnist", "cifar10") + data_lib.TEXT_DATASETS
 """The ``--dataset`` choices (see :func:`experiments.data.load_dataset`)."""
 
 STANDARD_TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000}
@@ -191,18 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
   d = TrainConfig()
   p = cli.ArgumentParser(
       prog="python -m experiments.train",
-      description="Train an MLP/CNN on Fashion-MNIST with AutoWU or a baseline schedule.",
+      description="Train an MLP/CNN on Fashion-MNIST, or a transformer language model on "
+                  "text, with AutoWU or a baseline schedule.",
       formatter_class=_HelpFormatter,
   )
   g = p.add_argument_group("run")
   g.add_argument("--schedule", default=d.schedule, choices=schedules_lib.SCHEDULES,
                  metavar="NAME", help="one of: " + ", ".join(schedules_lib.SCHEDULES))
-  g.add_argument("--model", default=d.model, choices=("mlp", "cnn"),
-                 help="MLP (512-256) or small CNN with BatchNorm")
+  g.add_argument("--model", default=d.model, choices=("mlp", "cnn", "transformer"),
+                 help="MLP (512-256), small CNN with BatchNorm, or a byte-level decoder-only "
+                      "transformer (2 layers, width 128; text datasets)")
   g.add_argument("--dataset", type=_dataset, default=d.dataset,
-                 help="fashion_mnist, mnist or cifar10 (see experiments/data.py)")
-  g.add_argument("--data-dir", type=cli.existing_dir, default=d.data_dir,
-                 help="directory with the dataset files (default: system path, then TFDS)")
+                 help="fashion_mnist, mnist, cifar10, or text: fortunes (Debian package), "
+                      "tiny_shakespeare (TFDS), text (--data-dir) (see experiments/data.py)")
+  g.add_argument("--data-dir", type=cli.existing_path, default=d.data_dir,
+                 help="directory with the dataset files, or a text file / folder for text "
+                      "(default: system path, then TFDS)")
   g.add_argument("--batch-size", type=cli.integer(1), default=d.batch_size,
                  help="training batch size (the last partial batch is dropped)")
   g.add_argument("--eval-batch-size", type=cli.integer(1), default=d.eval_batch_size,
@@ -224,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="use only the first examples (smoke tests)")
   g.add_argument("--normalize", default=d.normalize, choices=("unit", "standardize"),
                  help="input scaling: [0, 1] or standardized with the dataset statistics")
+  g.add_argument("--holdout", type=cli.integer(0), default=d.holdout,
+                 help="training examples held out as a fixed validation split (images)")
+  g.add_argument("--context", type=cli.integer(2), default=d.context,
+                 help="tokens (bytes) per sequence of a text dataset")
   a = p.add_argument_group("AutoWU (autowu_* schedules)")
   a.add_argument("--test-every", type=cli.integer(1, words=("epoch",)), default=d.test_every,
                  help="steps between minimum tests, or 'epoch' (the authors' rule); "
@@ -280,6 +299,12 @@ def check_config(cfg: TrainConfig, n_train: int | None = None) -> None:
   """
   if cfg.resume and not cfg.checkpoint_dir:
     raise cli.UsageError("argument --resume: needs --checkpoint-dir")
+  if (cfg.dataset in data_lib.TEXT_DATASETS) != (cfg.model == "transformer"):
+    raise cli.UsageError(
+        f"argument --model: {cfg.model} does not fit --dataset {cfg.dataset}: the "
+        "transformer trains on text (fortunes, tiny_shakespeare, text), mlp/cnn on images")
+  if cfg.dataset == "text" and cfg.data_dir is None:
+    raise cli.UsageError("argument --data-dir: --dataset text needs a text file or folder")
   sub_train = cfg.subset[0] if cfg.subset is not None else None
   if sub_train is not None and cfg.batch_size > sub_train:
     raise cli.UsageError(
@@ -319,9 +344,16 @@ def check_config(cfg: TrainConfig, n_train: int | None = None) -> None:
         f"{steps_per_epoch} steps per epoch of --batch-size {cfg.batch_size})") from None
 
 
+def load_data(cfg: TrainConfig) -> data_lib.Dataset:
+  """The dataset of ``cfg``, before its subset and holdout (see :func:`run`)."""
+  if cfg.dataset in data_lib.TEXT_DATASETS:
+    return data_lib.load_text(cfg.dataset, cfg.data_dir, context=cfg.context)
+  return data_lib.load_dataset(cfg.dataset, cfg.data_dir)
+
+
 def _load_for_cli(cfg: TrainConfig) -> data_lib.Dataset:
   try:
-    return data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.subset)
+    return _prepare(load_data(cfg), cfg)
   except data_lib.DatasetNotFoundError as e:
     flag = "--data-dir" if cfg.data_dir is not None else "--dataset"
     raise cli.UsageError(f"argument {flag}: {e.brief}") from None
@@ -346,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_config(cfg, known)
     dataset = _load_for_cli(cfg)
     check_config(cfg, len(dataset.train_x))
-    return run(cfg, dataset=dataset)
+    return run(cfg, dataset=dataset, prepared=True)
 
 
 # ---------------------------------------------------------------------------
@@ -436,13 +468,19 @@ def _make_steps(gd_model, gd_model_eval, gd_opt, lr_fn, eval_params_fn):
 
 
 def _evaluate(eval_step, model_state, test_it) -> tuple[float, float]:
+  """Accuracy and mean loss per label (per token for a language model)."""
   correct, loss_sum = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
   for xb, yb in test_it(0):
     c, s = eval_step(model_state, xb, yb)
     correct, loss_sum = correct + c, loss_sum + s
-  n = test_it.num_examples
+  n = test_it.num_examples * math.prod(test_it.y.shape[1:])
   correct, loss_sum = jax.device_get((correct, loss_sum))
   return float(correct) / n, float(loss_sum) / n
+
+
+def _state_bytes(opt_state: Any) -> int:
+  """Bytes of the optimizer's state (the optimizer's own pytree, step counter excluded)."""
+  return int(sum(x.nbytes for x in jax.tree.leaves(opt_state.get("opt_state", opt_state))))
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -602,6 +640,7 @@ class Setup:
   eval_step: Callable[..., Any]
   train_it: Any
   test_it: Any
+  val_it: Any = None
 
   @property
   def n_train(self) -> int:
@@ -617,15 +656,23 @@ class EpochResult(NamedTuple):
   test_accuracy: float
   test_loss: float
   seconds: float
+  val_accuracy: float | None = None  # None without a validation split.
+  val_loss: float | None = None
 
 
-def _apply_subset(dataset: data_lib.Dataset, subset) -> data_lib.Dataset:
-  if subset is None:
-    return dataset
-  n_train, n_test = subset
-  return dataset._replace(
-      train_x=dataset.train_x[:n_train], train_y=dataset.train_y[:n_train],
-      test_x=dataset.test_x[:n_test], test_y=dataset.test_y[:n_test])
+def _prepare(dataset: data_lib.Dataset, cfg: TrainConfig) -> data_lib.Dataset:
+  """``cfg.subset`` (first examples of train / test), then ``cfg.holdout``."""
+  if cfg.subset is not None:
+    n_train, n_test = cfg.subset
+    dataset = dataset._replace(
+        train_x=dataset.train_x[:n_train], train_y=dataset.train_y[:n_train],
+        test_x=dataset.test_x[:n_test], test_y=dataset.test_y[:n_test])
+  if cfg.holdout:
+    if cfg.holdout >= len(dataset.train_x):
+      raise cli.UsageError(f"argument --holdout: {cfg.holdout} is not smaller than the "
+                           f"{len(dataset.train_x)} training examples")
+    dataset = data_lib.split_validation(dataset, cfg.holdout)
+  return dataset
 
 
 def setup(cfg: TrainConfig, dataset: data_lib.Dataset) -> Setup:
@@ -663,17 +710,22 @@ def setup(cfg: TrainConfig, dataset: data_lib.Dataset) -> Setup:
       gd_model, gd_model_eval, gd_opt, info.lr_fn, info.eval_params_fn)
 
   mean, std = data_lib.NORM_STATS.get(dataset.name, (0.0, 1.0))
-  norm = dict(normalize=cfg.normalize, mean=mean, std=std)
+  norm = dict(normalize="none" if dataset.is_text else cfg.normalize, mean=mean, std=std)
   train_it = data_lib.make_epoch_iterator(dataset.train_x, dataset.train_y, cfg.batch_size,
                                           seed=cfg.seed, **norm)
-  test_it = data_lib.make_epoch_iterator(dataset.test_x, dataset.test_y,
-                                         min(cfg.eval_batch_size, len(dataset.test_x)),
-                                         shuffle=False, drop_last=False, **norm)
+
+  def eval_it(x, y):
+    eval_batch = cfg.eval_batch_size if not dataset.is_text else max(1, cfg.eval_batch_size // 10)
+    return data_lib.make_epoch_iterator(x, y, min(eval_batch, len(x)), shuffle=False,
+                                        drop_last=False, **norm)
+
+  test_it = eval_it(dataset.test_x, dataset.test_y)
+  val_it = eval_it(dataset.val_x, dataset.val_y) if dataset.val_x is not None else None
   return Setup(cfg=cfg, schedule=schedule, dataset=dataset, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps, needs_value=needs_value, info=info, gd_opt=gd_opt,
                model_state=model_state, opt_state=opt_state, train_step=train_step,
                eval_model_state=eval_model_state, eval_step=eval_step, train_it=train_it,
-               test_it=test_it)
+               test_it=test_it, val_it=val_it)
 
 
 def fit(
@@ -685,7 +737,7 @@ def fit(
   """The train loop: epochs ``start_epoch .. cfg.epochs - 1`` of ``s``.
 
   Every step is ``s.train_step`` (:func:`make_step` inside NNX); after each
-  epoch the test set is evaluated and ``on_epoch`` gets an
+  epoch the test set (and the validation split, if any) is evaluated and ``on_epoch`` gets an
   :class:`EpochResult` (``s.model_state`` / ``s.opt_state`` are then the
   states after that epoch). A progress bar shows the loss and LR unless
   ``cfg.quiet``. Returns the seconds until the first step was done
@@ -716,11 +768,12 @@ def fit(
     if bar is not None:
       bar.close()
     arr = np.asarray(jax.device_get(jnp.stack(rows)), dtype=np.float64)
-    acc, test_loss = _evaluate(s.eval_step, s.eval_model_state(s.model_state, s.opt_state),
-                               s.test_it)
+    eval_state = s.eval_model_state(s.model_state, s.opt_state)
+    acc, test_loss = _evaluate(s.eval_step, eval_state, s.test_it)
+    val = _evaluate(s.eval_step, eval_state, s.val_it) if s.val_it is not None else (None, None)
     if on_epoch is not None:
       on_epoch(EpochResult(epoch, epoch * s.steps_per_epoch, arr, acc, test_loss,
-                           time.perf_counter() - t_epoch))
+                           time.perf_counter() - t_epoch, *val))
   return compile_s
 
 
@@ -784,6 +837,8 @@ def _switch_and_posterior(s: Setup, plot: bool) -> tuple[dict[str, Any], dict | 
 def run(
     config: TrainConfig | dict[str, Any] | None = None,
     dataset: data_lib.Dataset | None = None,
+    *,
+    prepared: bool = False,
 ) -> dict[str, Any]:
   """Trains one model (:func:`setup`, :func:`fit`) and writes the run's outputs.
 
@@ -793,7 +848,9 @@ def run(
     config: a :class:`TrainConfig` or a dict of its fields (default: all
       defaults).
     dataset: an already-loaded dataset to reuse (``config.dataset`` /
-      ``data_dir`` are then ignored; ``config.subset`` still applies).
+      ``data_dir`` / ``context`` are then ignored; ``config.subset`` and
+      ``config.holdout`` still apply).
+    prepared: ``dataset`` already had ``subset`` / ``holdout`` applied.
 
   Returns:
     The contents of ``summary.json`` plus ``"history"``: per-step lists
@@ -804,9 +861,9 @@ def run(
   t_start = time.perf_counter()
   log = report.logger(quiet=cfg.quiet)
   if dataset is None:
-    dataset = data_lib.load_dataset(cfg.dataset, cfg.data_dir, cfg.subset)
-  else:
-    dataset = _apply_subset(dataset, cfg.subset)
+    dataset = load_data(cfg)
+  if not prepared:
+    dataset = _prepare(dataset, cfg)
   s = setup(cfg, dataset)
   schedule, info, steps_per_epoch = s.schedule, s.info, s.steps_per_epoch
   is_autowu = info.is_autowu
@@ -835,8 +892,9 @@ def run(
   _write_jsonl(epochs_path, epoch_rows, mode="w")
   tb = _TB(out_dir / "tb" if cfg.tensorboard else None)
 
+  n_val = 0 if dataset.val_x is None else len(dataset.val_x)
   log(f"{schedule} | {cfg.model} | {dataset.name} ({dataset.source}) | "
-      f"{s.n_train} train / {len(dataset.test_x)} test | batch {cfg.batch_size} | "
+      f"{s.n_train} train / {n_val} val / {len(dataset.test_x)} test | batch {cfg.batch_size} | "
       f"{cfg.epochs} epochs x {steps_per_epoch} steps | {jax.default_backend()}")
 
   t_train = time.perf_counter()
@@ -862,15 +920,22 @@ def run(
     train_loss = float(np.nanmean(arr[:, 0])) if np.isfinite(arr[:, 0]).any() else None
     erow = {"epoch": epoch, "step": first + len(arr), "test_accuracy": acc,
             "test_loss": _finite_or_none(test_loss), "train_loss": train_loss,
+            "val_accuracy": r.val_accuracy,
+            "val_loss": None if r.val_loss is None else _finite_or_none(r.val_loss),
             "epoch_time_s": r.seconds}
     epoch_rows.append(erow)
     _write_jsonl(epochs_path, [erow])
-    tb.scalar("test/accuracy", acc, first + len(arr))
-    tb.scalar("test/loss", test_loss, first + len(arr))
+    for split in ("test", "val"):
+      if erow[f"{split}_accuracy"] is not None:
+        tb.scalar(f"{split}/accuracy", erow[f"{split}_accuracy"], first + len(arr))
+        tb.scalar(f"{split}/loss", r.test_loss if split == "test" else r.val_loss,
+                  first + len(arr))
     lr_last, phase_last, prob_last = arr[-1, 1], arr[-1, 2], arr[-1, 3]
     extra = f" | {_fmt_phase(phase_last)} p={prob_last:.2f}" if is_autowu else ""
     tl = train_loss if train_loss is not None else float("nan")
-    log(f"epoch {epoch + 1:3d}/{cfg.epochs} | loss {tl:.4f} | "
+    val_s = ("" if r.val_loss is None else
+             f"val acc {r.val_accuracy:.4f} loss {r.val_loss:.4f} | ")
+    log(f"epoch {epoch + 1:3d}/{cfg.epochs} | loss {tl:.4f} | {val_s}"
         f"test acc {acc:.4f} loss {test_loss:.4f} | {info.lr_label} "
         f"{report.fmt(lr_last, nan='-')}{extra} | {r.seconds:.1f}s")
     if ckpt is not None:
@@ -887,6 +952,7 @@ def run(
   switch, posterior = _switch_and_posterior(s, plot=cfg.plot)
   accs = [r["test_accuracy"] for r in epoch_rows]
   final_acc = accs[-1] if accs else None
+  last = epoch_rows[-1] if epoch_rows else {}
   summary: dict[str, Any] = {
       "schedule": schedule,
       "model": cfg.model,
@@ -896,22 +962,35 @@ def run(
       "n_test": len(dataset.test_x),
       "final_test_accuracy": final_acc,
       "best_test_accuracy": max(accs) if accs else None,
-      "final_test_loss": epoch_rows[-1]["test_loss"] if epoch_rows else None,
-      "final_train_loss": epoch_rows[-1]["train_loss"] if epoch_rows else None,
+      "final_test_loss": last.get("test_loss"),
+      "final_train_loss": last.get("train_loss"),
+      "final_val_accuracy": last.get("val_accuracy"),
+      "final_val_loss": last.get("val_loss"),
+      "n_val": 0 if dataset.val_x is None else len(dataset.val_x),
       **switch,
       "wall_time_s": train_time,
       "compile_time_s": compile_s,
       "total_time_s": time.perf_counter() - t_start,
       "steps_per_epoch": steps_per_epoch,
       "total_steps": s.total_steps,
+      "opt_state_bytes": _state_bytes(s.opt_state),
       "needs_value": s.needs_value,
       "lr_label": info.lr_label,
       "schedule_hparams": info.hparams,
       "backend": jax.default_backend(),
       "test_accuracy_per_epoch": accs,
+      "val_accuracy_per_epoch": [r["val_accuracy"] for r in epoch_rows],
+      "test_loss_per_epoch": [r["test_loss"] for r in epoch_rows],
+      "val_loss_per_epoch": [r["val_loss"] for r in epoch_rows],
       "out_dir": str(out_dir),
       "args": dataclasses.asdict(cfg),
   }
+  if dataset.is_text:  # Byte-level: nats per byte -> bits per byte.
+    for split in ("test", "val"):
+      loss = summary[f"final_{split}_loss"]
+      summary[f"final_{split}_bpb"] = None if loss is None else loss / math.log(2)
+    summary["final_test_perplexity"] = (None if summary["final_test_loss"] is None
+                                        else math.exp(summary["final_test_loss"]))
   if cfg.plot:
     try:
       _plot(out_dir / "summary.png", summary, hist, accs, posterior, info.lr_label)
@@ -925,7 +1004,11 @@ def run(
         f"{report.fmt(switch['restart_lr'], nan='-')} | {switch['switch_reason']}"
         if is_autowu else "no switch (not AutoWU)")
   acc_s = f"{final_acc:.4f}" if final_acc is not None else "-"
-  print(f"[{schedule}] final test accuracy {acc_s} | {sw} | wall time {train_time:.1f}s "
+  if dataset.is_text and summary["final_test_bpb"] is not None:
+    acc_s = (f"{summary['final_test_bpb']:.4f} bits/byte (perplexity "
+             f"{summary['final_test_perplexity']:.3f}, next-byte accuracy {acc_s})")
+  metric = "test loss" if dataset.is_text else "test accuracy"
+  print(f"[{schedule}] final {metric} {acc_s} | {sw} | wall time {train_time:.1f}s "
         f"| {out_dir}")
 
   result = dict(summary)
@@ -992,13 +1075,17 @@ def _plot(path: Path, summary, hist, accs, posterior, lr_label: str) -> None:
   ax.legend(loc="upper right", fontsize=8)
 
   ax = axes[2]
+  name = "test accuracy"
+  if summary.get("final_test_bpb") is not None:  # A language model: bits per byte.
+    name = "test bits per byte"
+    accs = [math.nan if v is None else v / math.log(2) for v in summary["test_loss_per_epoch"]]
   if accs:
     ep = np.arange(1, len(accs) + 1)
     ax.plot(ep, accs, "o-", ms=3, color="C2")
   ax.set_xlabel("epoch")
-  ax.set_ylabel("test accuracy")
+  ax.set_ylabel(name)
   final = f": final {accs[-1]:.4f}" if accs else ""
-  ax.set_title(f"test accuracy ({summary['dataset']}, {summary['model']}){final}")
+  ax.set_title(f"{name} ({summary['dataset']}, {summary['model']}){final}")
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)

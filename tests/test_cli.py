@@ -44,7 +44,7 @@ def _write_tiny_fashion_mnist(directory: Path, n_train: int = 10, n_test: int = 
 # temporary folder.
 CASES = [
     ("data-dir-missing", "train", ["--data-dir", "/nonexistent"],
-     ["--data-dir", "no such directory: /nonexistent"]),
+     ["--data-dir", "no such file or directory: /nonexistent"]),
     ("data-dir-no-files", "train", ["--data-dir", "{tmp}/empty"],
      ["--data-dir", "missing train-images-idx3-ubyte", "to get it:"]),
     ("dataset-unknown", "train", ["--dataset", "imagenet"],

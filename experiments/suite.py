@@ -1,0 +1,532 @@
+"""The AutoWU benchmark suite: one run with the defaults against a tuned grid.
+
+Run as ``python -m experiments.suite`` (all cases, all methods), or a chunk::
+
+    python -m experiments.suite --cases mlp_lamb_b4096_e20 --methods autowu,grid
+    python -m experiments.suite --max-minutes 9     # resumable: cached runs are skipped
+    python -m experiments.suite --report-only        # re-render suite.md / suite.png
+
+A case (:data:`CASES`) is plain data: a workload (model, dataset, optimizer
+family), a batch size and a budget. Every case runs the same methods
+(:func:`plan`):
+
+* ``autowu``: the library defaults (``autowu_<family>``), seeds 0-2;
+* ``authors``: the authors' rule (test once an epoch, no guard), seed 0;
+* ``grid``: warmup + cosine with the same optimizer, :data:`GRID_PEAKS` x
+  :data:`GRID_WARMUPS`, seed 0; the cell is **picked on the validation
+  split** (held out from the training set) and reported on test;
+* the LR-free peers (:data:`PEERS`), seed 0, Optax defaults.
+
+Each run goes through the one train loop (:func:`experiments.train.run`) and
+is appended to ``suite_runs.jsonl`` keyed by its full train config (a run in
+the file is never trained again, so a sweep can be stopped and resumed).
+The report (:func:`render`) writes ``suite.md`` and ``suite.png``: per case
+the test metric of each method (mean ± std, worst seed), the gap to the
+grid, the steps until the run first reaches the grid cell's final
+validation metric, and the optimizer-state bytes; then the averages over
+cases and a performance profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python experiments/suite.py`
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from experiments import cli, report
+from experiments.compare import append_run, code_version, load_runs, run_key
+from experiments.machine import machine_info
+
+__all__ = ["CASES", "METHODS", "PEERS", "main", "plan", "render", "summarize"]
+
+GRID_PEAKS = {
+    "lamb": [10.0 ** (-3 + 0.5 * k) for k in range(6)],  # 1e-3 .. 0.316
+    "adamw": [10.0 ** (-3.5 + 0.5 * k) for k in range(6)],  # 3.2e-4 .. 0.1
+}
+GRID_WARMUPS = [0.05, 0.2]
+AUTOWU_SEEDS = [0, 1, 2]
+PEERS = ["schedule_free_adamw", "prodigy", "dadapt_adamw", "mechanize_lamb",
+         "reduce_on_plateau"]
+METHODS = ["autowu", "authors", "grid", *PEERS]
+IMAGE_HOLDOUT = 5000  # Fashion-MNIST: 55000 train / 5000 validation / 10000 test.
+
+
+def _case(name: str, model: str, family: str, batch_size: int, epochs: int,
+          **extra: Any) -> dict[str, Any]:
+  text = model == "transformer"
+  return dict(dict(name=name, model=model, family=family, batch_size=batch_size, epochs=epochs,
+                   dataset="fortunes" if text else "fashion_mnist",
+                   holdout=0 if text else IMAGE_HOLDOUT), **extra)
+
+
+CASES: list[dict[str, Any]] = [
+    _case("mlp_lamb_b1024_e20", "mlp", "lamb", 1024, 20),
+    _case("mlp_lamb_b4096_e20", "mlp", "lamb", 4096, 20),
+    _case("mlp_lamb_b8192_e20", "mlp", "lamb", 8192, 20),
+    _case("mlp_lamb_b4096_e10", "mlp", "lamb", 4096, 10),
+    _case("mlp_lamb_b4096_e40", "mlp", "lamb", 4096, 40),
+    _case("mlp_adamw_b1024_e20", "mlp", "adamw", 1024, 20),
+    _case("mlp_adamw_b4096_e20", "mlp", "adamw", 4096, 20),
+    _case("cnn_lamb_b512_e10", "cnn", "lamb", 512, 10, subset=(20000, None)),
+    _case("cnn_adamw_b512_e10", "cnn", "adamw", 512, 10, subset=(20000, None)),
+    _case("lm_adamw_b16", "transformer", "adamw", 16, 1),
+    _case("lm_adamw_b128", "transformer", "adamw", 128, 1),
+]
+"""The suite. CNN: the first 20000 training images (15000 after the holdout),
+so a run takes minutes here. LM: one pass over fortunes (2.3M bytes)."""
+
+QUICK_CASES: list[dict[str, Any]] = [
+    _case("quick_mlp_lamb", "mlp", "lamb", 256, 2, subset=(3000, 1000), holdout=500),
+]
+
+
+def _is_text(case: dict[str, Any]) -> bool:
+  return case["model"] == "transformer"
+
+
+def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False
+         ) -> list[dict[str, Any]]:
+  """The runs of ``case`` for ``methods``: dicts with ``method`` and ``config``."""
+  base = dict(model=case["model"], dataset=case["dataset"], batch_size=case["batch_size"],
+              epochs=case["epochs"], holdout=case["holdout"], subset=case.get("subset"))
+  fam = case["family"]
+  runs = []
+  for m in methods:
+    if m == "autowu":
+      runs += [dict(method=m, seed=s, config=dict(base, schedule=f"autowu_{fam}", seed=s))
+               for s in (AUTOWU_SEEDS[:1] if quick else AUTOWU_SEEDS)]
+    elif m == "authors":
+      runs.append(dict(method=m, seed=0, config=dict(
+          base, schedule=f"autowu_{fam}", seed=0, test_every="epoch", divergence_factor=None)))
+    elif m == "grid":
+      peaks = GRID_PEAKS[fam][2:4] if quick else GRID_PEAKS[fam]
+      runs += [dict(method=m, seed=0, peak_lr=p, warmup_fraction=w, config=dict(
+          base, schedule=f"warmup_cosine_{fam}", seed=0, peak_lr=p, warmup_fraction=w))
+          for p in peaks for w in (GRID_WARMUPS[:1] if quick else GRID_WARMUPS)]
+    elif m in PEERS:
+      runs.append(dict(method=m, seed=0, config=dict(base, schedule=m, seed=0)))
+    else:
+      raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+  return runs
+
+
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
+
+log = report.logger("suite")
+_KEEP = ("final_test_accuracy", "final_val_accuracy", "final_test_loss", "final_val_loss",
+         "test_accuracy_per_epoch", "val_accuracy_per_epoch", "val_loss_per_epoch",
+         "test_loss_per_epoch", "switch_step", "restart_lr", "switch_reason", "total_steps",
+         "steps_per_epoch", "wall_time_s", "opt_state_bytes", "schedule_hparams")
+
+
+RULE_METHODS = ("autowu", "authors")  # Their runs depend on the library's code.
+
+
+def library_version() -> str:
+  """Hash of ``optax_autolr/*.py``: AutoWU runs are keyed (and reported) by it."""
+  root = Path(__file__).resolve().parent.parent / "optax_autolr"
+  h = hashlib.sha256()
+  for f in sorted(root.glob("*.py")):
+    h.update(f.name.encode() + f.read_bytes())
+  return h.hexdigest()[:12]
+
+
+def _key(r: dict[str, Any], lib: str) -> str:
+  key = run_key(r["config"])
+  return f"{key}@{lib}" if r["method"] in RULE_METHODS else key
+
+
+def _load(case: dict[str, Any], cache: dict[tuple, Any]):
+  from experiments import train  # noqa: PLC0415 - heavy (jax, flax).
+
+  key = (case["dataset"], case["model"])
+  if key not in cache:
+    cache[key] = train.load_data(train.TrainConfig(model=case["model"],
+                                                   dataset=case["dataset"]))
+  return cache[key]
+
+
+def sweep(cases: list[dict[str, Any]], methods: list[str], runs_path: Path, *,
+          quick: bool = False, max_minutes: float | None = None) -> int:
+  """Trains the missing runs of ``cases`` x ``methods``; returns how many it trained."""
+  from experiments import train  # noqa: PLC0415
+
+  lib = library_version()
+  done = {r["key"] for r in load_runs(runs_path) if r.get("status") == "ok"}
+  todo = [(c, r) for c in cases for r in plan(c, methods, quick=quick)
+          if _key(r, lib) not in done]
+  log(f"{len(todo)} runs to train ({runs_path})")
+  meta = dict(command=" ".join(["python -m experiments.suite", *sys.argv[1:]]),
+              machine=machine_info(), code_version=code_version(), library_version=lib)
+  t0, cache, trained = time.perf_counter(), {}, 0
+  for i, (case, r) in enumerate(todo):
+    if max_minutes is not None and (time.perf_counter() - t0) / 60 >= max_minutes:
+      log(f"--max-minutes {max_minutes:g} reached: {len(todo) - i} runs left")
+      break
+    cfg = dict(r["config"], quiet=True, plot=False, tensorboard=False,
+               out_dir=str(Path("runs") / "suite" / f"{case['name']}_{r['method']}_"
+                            f"{hashlib.sha1(_key(r, lib).encode()).hexdigest()[:8]}"))
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+      s = train.run(cfg, dataset=_load(case, cache))
+    rec = dict(key=_key(r, lib), status="ok", case=case["name"],
+               **{k: v for k, v in r.items() if k != "config"}, config=r["config"],
+               summary={k: s.get(k) for k in _KEEP}, curve=_curve(s["history"]),
+               elapsed_s=time.perf_counter() - t,
+               finished_at=report.date_now(), **meta)
+    append_run(runs_path, rec)
+    trained += 1
+    log(f"[{i + 1}/{len(todo)}] {case['name']} {r['method']} s{r['seed']} "
+        f"{r.get('peak_lr') or ''}: {_metric_text(case, rec)} ({rec['elapsed_s']:.0f}s)")
+  return trained
+
+
+def _curve(history: dict[str, list], points: int = 200) -> dict[str, list]:
+  """The training loss and LR, averaged over at most ``points`` equal bins of steps."""
+  loss, lr = (np.asarray(history[k], np.float64) for k in ("loss", "lr"))
+  bins = np.array_split(np.arange(len(loss)), min(points, len(loss)))
+  mean = lambda a, b: float(np.nanmean(a[b])) if np.isfinite(a[b]).any() else None
+  return dict(step=[int(b[-1]) + 1 for b in bins], loss=[mean(loss, b) for b in bins],
+              lr=[mean(lr, b) for b in bins])
+
+
+# ---------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------
+
+
+def _test(case: dict[str, Any], rec: dict[str, Any]) -> float:
+  """The reported metric: test accuracy (%), or test bits per byte for text."""
+  s = rec["summary"]
+  if _is_text(case):
+    return _nan_if_none(s["final_test_loss"]) / math.log(2)
+  return 100 * _nan_if_none(s["final_test_accuracy"])
+
+
+def _val(case: dict[str, Any], rec: dict[str, Any]) -> float:
+  """Validation score, higher is better (accuracy, or minus the loss)."""
+  s = rec["summary"]
+  if _is_text(case):
+    return -_nan_if_none(s["final_val_loss"])
+  return _nan_if_none(s["final_val_accuracy"])
+
+
+def _nan_if_none(v: Any) -> float:
+  return math.nan if v is None else float(v)
+
+
+def _metric_text(case: dict[str, Any], rec: dict[str, Any]) -> str:
+  unit = " bits/byte" if _is_text(case) else " % test"
+  return f"{_test(case, rec):.3f}{unit}"
+
+
+def _steps_to(rec: dict[str, Any], target: float, text: bool) -> int | None:
+  """Steps until the run's validation metric first reaches ``target`` (per epoch)."""
+  s = rec["summary"]
+  vals = s["val_loss_per_epoch"] if text else s["val_accuracy_per_epoch"]
+  for e, v in enumerate(vals):
+    if v is not None and ((-v if text else v) >= target - 1e-12):
+      return (e + 1) * s["steps_per_epoch"]
+  return None
+
+
+def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+  """Per method: test mean / std / worst seed, gap to the grid, time-to-result, bytes."""
+  text = _is_text(case)
+  sign = -1.0 if text else 1.0  # Higher is better after the sign.
+  grid = [r for r in records if r["method"] == "grid"]
+  best = max(grid, key=lambda r: _val(case, r)) if grid else None
+  target = _val(case, best) if best else None
+  out: dict[str, Any] = {"grid_cell": best and (best["peak_lr"], best["warmup_fraction"]),
+                         "methods": {}}
+  for m in METHODS:
+    rs = [best] if m == "grid" and best else [r for r in records if r["method"] == m]
+    if not rs:
+      continue
+    vals = np.array([_test(case, r) for r in rs])
+    worst = float(vals.min() if not text else vals.max())
+    steps = [_steps_to(r, target, text) for r in rs] if target is not None else []
+    row = dict(n=len(rs), mean=float(vals.mean()), std=float(vals.std()), worst=worst,
+               steps=steps, bytes=rs[0]["summary"]["opt_state_bytes"],
+               restart=[r["summary"].get("restart_lr") for r in rs],
+               switch=[r["summary"].get("switch_step") for r in rs])
+    if best is not None:
+      g = _test(case, best)
+      row["gap"] = sign * (row["mean"] - g)
+      row["worst_gap"] = sign * (worst - g)
+      if text:  # Relative, in % of the grid's bits per byte.
+        row["gap"], row["worst_gap"] = (100 * row["gap"] / g, 100 * row["worst_gap"] / g)
+    out["methods"][m] = row
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+LABELS = {"autowu": "AutoWU defaults (ours)", "authors": "AutoWU, authors' rule",
+          "grid": "tuned grid (picked on val)", "schedule_free_adamw": "Schedule-Free AdamW",
+          "prodigy": "Prodigy", "dadapt_adamw": "D-Adapt AdamW",
+          "mechanize_lamb": "Mechanic (LAMB)", "reduce_on_plateau": "reduce-on-plateau"}
+
+
+def _case_lines(case: dict[str, Any], summ: dict[str, Any]) -> list[str]:
+  text = _is_text(case)
+  unit = "test bits/byte (lower is better)" if text else "test accuracy %"
+  gap_unit = "% of grid bpb (+ = better)" if text else "pp vs grid"
+  cell = summ["grid_cell"]
+  lines = [f"### {case['name']}", "",
+           f"{case['model']} + {case['family']}, batch {case['batch_size']}, "
+           f"{case['epochs']} epoch(s); grid cell picked on validation: "
+           + (f"peak {cell[0]:.3g}, warmup {cell[1]:g}" if cell else "- (no grid yet)"), ""]
+  rows = []
+  for m, r in summ["methods"].items():
+    restart = [x for x in r["restart"] if x is not None]
+    rows.append([LABELS[m], r["n"], f"{r['mean']:.3f} ± {r['std']:.3f}", f"{r['worst']:.3f}",
+                 report.fmt(r.get("gap"), "+.2f"), report.fmt(r.get("worst_gap"), "+.2f"),
+                 ", ".join("-" if s is None else str(s) for s in r["steps"]) or "-",
+                 f"{r['bytes'] / 1e6:.2f}",
+                 ", ".join(report.fmt(x) for x in restart) or ""])
+  return lines + report.table(
+      ["method", "seeds", unit, "worst seed", gap_unit, "worst seed gap",
+       "steps to grid's val", "state MB", "restart LR"], rows) + [""]
+
+
+def _overview(cases: list[dict[str, Any]], summs: dict[str, dict]) -> list[str]:
+  methods = [m for m in METHODS if any(m in s["methods"] for s in summs.values())]
+  rows = []
+  for c in cases:
+    s = summs.get(c["name"])
+    if s is None:
+      continue
+    rows.append([c["name"], *(report.fmt(s["methods"].get(m, {}).get("gap"), "+.2f")
+                              for m in methods)])
+  avg = ["**mean over cases**"]
+  for m in methods:
+    gaps = [summs[c]["methods"][m]["gap"] for c in summs
+            if m in summs[c]["methods"] and "gap" in summs[c]["methods"][m]]
+    avg.append(f"**{np.mean(gaps):+.2f}** ({len(gaps)})" if gaps else "-")
+  return report.table(["case (gap to grid: pp, or % bpb for text; + = better)",
+                       *(LABELS[m] for m in methods)], rows + [avg])
+
+
+def plot(cases: list[dict[str, Any]], summs: dict[str, dict], path: Path) -> None:
+  """Gap to the grid per case, and a performance profile (Dolan-Moré) over cases."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  names = [c["name"] for c in cases if c["name"] in summs]
+  methods = [m for m in METHODS if m != "grid" and any(m in summs[n]["methods"] for n in names)]
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(15, 4.8))
+  w = 0.8 / max(1, len(methods))
+  for j, m in enumerate(methods):
+    gaps = [summs[n]["methods"].get(m, {}).get("gap", np.nan) for n in names]
+    a1.bar(np.arange(len(names)) + j * w, np.clip(gaps, -5, None), w, label=LABELS[m])
+  a1.axhline(0, color="k", lw=0.8)
+  a1.axhline(-0.3, color="k", lw=0.6, ls=":")
+  a1.set_xticks(np.arange(len(names)) + 0.4 - w / 2, names, rotation=30, ha="right", fontsize=8)
+  a1.set_ylabel("gap to tuned grid (pp; % bpb for text), clipped at -5")
+  a1.legend(fontsize=7)
+  # Performance profile on the error ratio to the best method of each case.
+  ratios = {m: [] for m in methods + ["grid"]}
+  for n, c in zip(names, [c for c in cases if c["name"] in summs]):
+    err = {m: (r["mean"] if _is_text(c) else 100 - r["mean"])
+           for m, r in summs[n]["methods"].items()}
+    best = min(err.values())
+    for m in ratios:
+      ratios[m].append(err[m] / best if m in err else np.inf)
+  taus = np.linspace(1, 1.3, 200)
+  for m, rs in ratios.items():
+    a2.plot(taus, [np.mean(np.array(rs) <= t) for t in taus], label=LABELS[m],
+            lw=2 if m in ("autowu", "grid") else 1)
+  a2.set_xlabel("tau: error (100 - acc %, or bpb) within tau x the best method's")
+  a2.set_ylabel("fraction of cases")
+  a2.set_title("performance profile")
+  a2.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _lm_lines(case: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+  """The transformer page's tables for one case: every run, and the grid."""
+  bpb = lambda v: report.fmt(None if v is None else v / math.log(2), ".4f")
+  rows = []
+  for r in sorted(records, key=lambda r: (METHODS.index(r["method"]), r["seed"],
+                                          r.get("peak_lr") or 0, r.get("warmup_fraction") or 0)):
+    s = r["summary"]
+    what = LABELS[r["method"]] + (f" peak {r['peak_lr']:.2g} warmup {r['warmup_fraction']:g}"
+                                  if r["method"] == "grid" else "")
+    sw = ("" if s.get("switch_step") is None else
+          f"{s['switch_step']} / {report.fmt(s['restart_lr'])}")
+    rows.append([what, r["seed"], bpb(s["final_val_loss"]), bpb(s["final_test_loss"]),
+                 report.fmt(math.exp(s["final_test_loss"]), ".3f"), sw,
+                 f"{r['elapsed_s']:.0f}", r["finished_at"]])
+  return [f"### {case['name']}: batch {case['batch_size']} x 128 bytes, "
+          f"{records[0]['summary']['total_steps']} steps", ""] + report.table(
+      ["run", "seed", "val bits/byte", "test bits/byte", "test perplexity",
+       "switch step / restart LR", "wall s", "finished"], rows) + [""]
+
+
+def plot_lm(cases: list[dict[str, Any]], by_case: dict[str, list], path: Path) -> None:
+  """Training-loss and LR curves of the transformer runs (binned means)."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, axes = plt.subplots(2, len(cases), figsize=(7 * len(cases), 8), squeeze=False)
+  for j, case in enumerate(cases):
+    rs = [r for r in by_case[case["name"]] if r.get("curve")]
+    grid = [r for r in rs if r["method"] == "grid"]
+    best = max(grid, key=lambda r: _val(case, r)) if grid else None
+    show = [r for r in rs if r["method"] != "grid"] + ([best] if best else [])
+    for k, r in enumerate(show):
+      c = r["curve"]
+      label = LABELS[r["method"]] + (f" s{r['seed']}" if r["method"] in RULE_METHODS else "")
+      style = dict(color=f"C{METHODS.index(r['method'])}", lw=1.2,
+                   ls=["-", "--", ":"][r["seed"] % 3])
+      axes[0, j].plot(c["step"], np.array(c["loss"], float) / math.log(2), label=label, **style)
+      if any(v is not None for v in c["lr"]):
+        axes[1, j].plot(c["step"], np.array(c["lr"], float), label=label, **style)
+    axes[0, j].set_ylim(None, 4.5)
+    axes[0, j].set_title(f"{case['name']}: training loss (bits/byte, binned)")
+    axes[1, j].set_yscale("log")
+    axes[1, j].set_title("learning rate (D for Prodigy / D-Adapt)")
+    axes[1, j].set_xlabel("step")
+    axes[0, j].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def render_transformer(records: list[dict[str, Any]], out_dir: Path) -> Path | None:
+  """Writes ``transformer.md`` and ``transformer.png`` from the suite's LM runs."""
+  cases = [c for c in CASES if _is_text(c)]
+  by_case = {c["name"]: [r for r in records if r["case"] == c["name"]] for c in cases}
+  cases = [c for c in cases if by_case[c["name"]]]
+  if not cases:
+    return None
+  lines = report.header("A byte-level transformer language model, trained with AutoWU") + [
+      report.command_line("python -m experiments.suite --cases "
+                          + ",".join(c["name"] for c in cases)),
+      "- One run by hand: `python -m experiments.train --model transformer --dataset fortunes "
+      "--schedule autowu_adamw --batch-size 16 --epochs 1`",
+      report.machine_line(records[-1]["machine"]),
+      f"- Dates: {min(r['finished_at'] for c in cases for r in by_case[c['name']])} .. "
+      f"{max(r['finished_at'] for c in cases for r in by_case[c['name']])}",
+      "- Model: decoder-only transformer (`experiments/models.py`), 2 pre-LayerNorm blocks, "
+      "width 128, 4 heads, context 128, learned positions, tied embedding, 446k parameters. "
+      "Data: Debian's `fortunes` (+ `fortunes-min`), 2.5 MB of English, cut into 128+1-byte "
+      "windows: 17976 train / 999 validation / 999 test (a fixed permutation). Budget: one "
+      "pass over the training windows (2.3M bytes) at both batch sizes.",
+      "- Metric: bits per byte (the mean next-byte cross-entropy / ln 2), and perplexity "
+      "per byte. The grid cell is picked on validation; all methods AdamW with decoupled "
+      "weight decay 1e-4 on the matrices.", ""]
+  for c in cases:
+    lines += _lm_lines(c, by_case[c["name"]])
+  png = out_dir / "transformer.png"
+  plot_lm(cases, by_case, png)
+  lines += [f"![training loss and LR]({png.name})", ""]
+  return report.write(out_dir / "transformer.md", lines, final_newline=True)
+
+
+def render(runs_path: Path, out_dir: Path, cases: list[dict[str, Any]]) -> Path:
+  """Writes ``suite.md`` and ``suite.png`` from the runs file."""
+  lib = library_version()  # AutoWU runs of the current library only.
+  records = [r for r in load_runs(runs_path) if r.get("status") == "ok" and (
+      r["method"] not in RULE_METHODS or r.get("library_version") == lib)]
+  by_case = {c["name"]: [r for r in records if r["case"] == c["name"]] for c in cases}
+  summs = {n: summarize(c, by_case[n]) for c, n in zip(cases, by_case) if by_case[n]}
+  if not records:
+    raise cli.UsageError(f"no runs in {runs_path}: run the suite first")
+  machines = {r["machine"].get("cpu") for r in records}
+  dates = sorted(r["finished_at"] for r in records)
+  lines = report.header("AutoWU suite: one run with the defaults vs a tuned grid") + [
+      report.command_line("python -m experiments.suite [--cases ...] [--methods ...]") +
+      "; the runs of every chunk are in `suite_runs.jsonl`, each with its command",
+      report.machine_line(records[-1]["machine"]) + f" ({len(machines)} CPU model(s))",
+      f"- Dates: {dates[0]} .. {dates[-1]}; {len(records)} runs, "
+      f"{sum(r['elapsed_s'] for r in records) / 3600:.1f} h of training",
+      "- Grid: warmup + cosine with the case's optimizer, peaks "
+      f"{', '.join(f'{p:.2g}' for p in GRID_PEAKS['lamb'])} (LAMB) / "
+      f"{', '.join(f'{p:.2g}' for p in GRID_PEAKS['adamw'])} (AdamW) x warmup "
+      f"{GRID_WARMUPS}, seed 0; the cell with the best final **validation** metric "
+      f"({IMAGE_HOLDOUT} training images held out; 5 % of the text windows) is reported "
+      "on **test**.",
+      f"- AutoWU: library defaults (library version `{lib}`, the hash of "
+      "`optax_autolr/*.py`), seeds 0-2; the other methods seed 0.",
+      "- Steps to grid's val: the first epoch end at which the run's validation metric "
+      "reaches the chosen grid cell's final one (`-`: never).", "",
+      "## Gap to the grid per case", ""] + _overview(cases, summs) + ["", "## Cases", ""]
+  for c in cases:
+    if c["name"] in summs:
+      lines += _case_lines(c, summs[c["name"]])
+  png = out_dir / "suite.png"
+  plot(cases, summs, png)
+  lines += [f"![gap per case and performance profile]({png.name})", ""]
+  render_transformer(records, out_dir)
+  return report.write(out_dir / "suite.md", lines, final_newline=True)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = cli.ArgumentParser(prog="python -m experiments.suite", description=__doc__.split("\n")[0])
+  names = [c["name"] for c in CASES]
+  p.add_argument("--cases", type=cli.list_of(str), default=names,
+                 help="comma-separated case names (default: all): " + ", ".join(names))
+  p.add_argument("--methods", type=cli.list_of(str), default=METHODS,
+                 help="comma-separated methods (default: all): " + ", ".join(METHODS))
+  p.add_argument("--max-minutes", type=cli.number(0, low_open=True), default=None,
+                 help="start no run after this many minutes (the rest stays for a later call)")
+  p.add_argument("--report-only", action="store_true", help="only re-render the report")
+  cli.add_output_flags(p, quick="a 2-epoch smoke run on a data subset (a temp folder)",
+                       out_dir="results folder (default: experiments/results)")
+  return p
+
+
+def main(argv: list[str] | None = None) -> Path:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  with cli.usage_errors(parser):
+    pool = QUICK_CASES if args.quick else CASES
+    known = {c["name"]: c for c in pool}
+    bad = [n for n in args.cases if n not in known] if not args.quick else []
+    if bad:
+      raise cli.UsageError(f"argument --cases: unknown {bad}; choose from {list(known)}")
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad:
+      raise cli.UsageError(f"argument --methods: unknown {bad}; choose from {METHODS}")
+    cases = pool if args.quick else [known[n] for n in args.cases]
+    out_dir = report.results_dir(args.out_dir, "suite", args.quick)
+    runs_path = out_dir / "suite_runs.jsonl"
+    if not args.report_only:
+      sweep(cases, args.methods, runs_path, quick=args.quick, max_minutes=args.max_minutes)
+    path = render(runs_path, out_dir, pool)
+    log(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,65 @@
+"""The benchmark suite: plan, grid picked on validation, cache, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import suite
+from experiments.data import DEBIAN_DIRS
+
+
+def _rec(method, val, test, seed=0, peak=None, val_curve=None, steps=10):
+  return dict(method=method, seed=seed, peak_lr=peak, warmup_fraction=0.05 if peak else None,
+              summary=dict(final_val_accuracy=val, final_test_accuracy=test,
+                           val_accuracy_per_epoch=val_curve or [val], steps_per_epoch=steps,
+                           opt_state_bytes=100, restart_lr=None, switch_step=None))
+
+
+def test_grid_cell_is_picked_on_validation_not_test():
+  case = suite.CASES[0]
+  records = [_rec("grid", 0.90, 0.80, peak=1e-2), _rec("grid", 0.85, 0.95, peak=1e-1),
+             _rec("autowu", 0.89, 0.81, seed=0, val_curve=[0.5, 0.9]),
+             _rec("autowu", 0.88, 0.79, seed=1, val_curve=[0.5, 0.6])]
+  s = suite.summarize(case, records)
+  assert s["grid_cell"] == (1e-2, 0.05)  # Not the cell with the best test accuracy.
+  a = s["methods"]["autowu"]
+  assert a["mean"] == pytest.approx(80.0) and a["worst"] == pytest.approx(79.0)
+  assert a["gap"] == pytest.approx(0.0) and a["worst_gap"] == pytest.approx(-1.0)
+  assert a["steps"] == [20, None]  # Reaches the grid's val 0.90 at epoch 2; never.
+
+
+def test_every_case_plans_its_methods():
+  for case in suite.CASES:
+    runs = suite.plan(case, suite.METHODS)
+    by = {m: [r for r in runs if r["method"] == m] for m in suite.METHODS}
+    assert [r["seed"] for r in by["autowu"]] == suite.AUTOWU_SEEDS
+    assert len(by["grid"]) == 12 and all(len(by[m]) == 1 for m in suite.PEERS)
+    assert by["authors"][0]["config"]["test_every"] == "epoch"
+  with pytest.raises(ValueError, match="unknown method"):
+    suite.plan(suite.CASES[0], ["sgd"])
+
+
+def test_quick_suite_end_to_end_and_resume(tmp_path, capsys):
+  if not (DEBIAN_DIRS["fashion_mnist"] / "train-images-idx3-ubyte.gz").exists():
+    pytest.skip("Fashion-MNIST not installed")
+  args = ["--quick", "--methods", "autowu,grid", "--out-dir", str(tmp_path)]
+  suite.main(args)
+  runs = [json.loads(line) for line in (tmp_path / "suite_runs.jsonl").read_text().splitlines()]
+  assert [r["method"] for r in runs] == ["autowu", "grid", "grid"]
+  assert runs[0]["library_version"] == suite.library_version()
+  assert len(runs[0]["curve"]["loss"]) == runs[0]["summary"]["total_steps"]
+  md = (tmp_path / "suite.md").read_text()
+  assert "quick_mlp_lamb" in md and "picked on validation" in md
+  assert (tmp_path / "suite.png").stat().st_size > 0
+  suite.main(args)  # Cached: nothing is trained again.
+  assert "0 runs to train" in capsys.readouterr().out
+
+
+def test_cli_errors_are_two_lines(capsys):
+  with pytest.raises(SystemExit) as exc:
+    suite.main(["--cases", "nope"])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert "--cases" in err and len(err.strip().splitlines()) <= 2
