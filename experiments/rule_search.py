@@ -12,20 +12,7 @@ import time
 from pathlib import Path
 
 from experiments import data as data_lib
-from experiments import schedules as schedules_lib
 from experiments import train as train_lib
-
-_EXTRA = {}
-_make = schedules_lib.make_optimizer
-
-
-def _make_optimizer(*args, autowu_kwargs=None, **kw):
-  if autowu_kwargs is not None:
-    autowu_kwargs = {**autowu_kwargs, **_EXTRA}
-  return _make(*args, autowu_kwargs=autowu_kwargs, **kw)
-
-
-train_lib.schedules_lib.make_optimizer = _make_optimizer
 
 
 def key_of(c):
@@ -47,10 +34,9 @@ def main():
     k = key_of(c)
     if k in done:
       continue
-    _EXTRA.clear()
-    _EXTRA.update({k: v for k, v in (c.get("autowu") or {}).items() if not k.startswith("_")})
+    extra = {k: v for k, v in (c.get("autowu") or {}).items() if not k.startswith("_")}
     cfg = dict(schedule=c["schedule"], batch_size=c["batch_size"],
-               epochs=c["epochs"], seed=c["seed"], plot=False,
+               epochs=c["epochs"], seed=c["seed"], plot=False, autowu=extra,
                tensorboard=False, quiet=True,
                out_dir=f"/tmp/r12/run_{abs(hash(k)) % 10**10}")
     if c.get("weight_decay") is not None:

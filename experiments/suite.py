@@ -61,6 +61,12 @@ AUTOWU_SEEDS = [0, 1, 2]
 PEERS = ["schedule_free_adamw", "prodigy", "dadapt_adamw", "mechanize_lamb",
          "reduce_on_plateau"]
 METHODS = ["autowu", "authors", "grid", *PEERS]
+VARIANTS: dict[str, dict[str, Any]] = {
+    "valley03": {"valley_level": 0.3},
+    "valley05": {"valley_level": 0.5},
+}
+"""Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
+ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
 IMAGE_HOLDOUT = 5000  # Fashion-MNIST: 55000 train / 5000 validation / 10000 test.
 
 
@@ -105,8 +111,10 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False
   fam = case["family"]
   runs = []
   for m in methods:
-    if m == "autowu":
-      runs += [dict(method=m, seed=s, config=dict(base, schedule=f"autowu_{fam}", seed=s))
+    if m == "autowu" or m.split(":")[0] == "autowu" and m.split(":")[-1] in VARIANTS:
+      extra = VARIANTS[m.split(":")[1]] if ":" in m else {}
+      runs += [dict(method=m, seed=s, config=dict(base, schedule=f"autowu_{fam}", seed=s,
+                                                   **({"autowu": extra} if extra else {})))
                for s in (AUTOWU_SEEDS[:1] if quick else AUTOWU_SEEDS)]
     elif m == "authors":
       runs.append(dict(method=m, seed=0, config=dict(
@@ -119,7 +127,7 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False
     elif m in PEERS:
       runs.append(dict(method=m, seed=0, config=dict(base, schedule=m, seed=0)))
     else:
-      raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+      raise ValueError(f"unknown method {m!r}; choose from {ALL_METHODS}")
   return runs
 
 
@@ -134,21 +142,27 @@ _KEEP = ("final_test_accuracy", "final_val_accuracy", "final_test_loss", "final_
          "steps_per_epoch", "wall_time_s", "opt_state_bytes", "schedule_hparams")
 
 
-RULE_METHODS = ("autowu", "authors")  # Their runs depend on the library's code.
+def _is_rule(method: str) -> bool:
+  """AutoWU's runs depend on the library's code (keyed and reported by its version)."""
+  return method.split(":")[0] in ("autowu", "authors")
+
+
+DECISION_FILES = ("_autowu.py", "gp.py", "window.py", "_checks.py", "_adamp.py")
+"""The library files AutoWU's runs depend on (its rule, the GP, the chains)."""
 
 
 def library_version() -> str:
-  """Hash of ``optax_autolr/*.py``: AutoWU runs are keyed (and reported) by it."""
+  """Hash of :data:`DECISION_FILES`: AutoWU runs are keyed (and reported) by it."""
   root = Path(__file__).resolve().parent.parent / "optax_autolr"
   h = hashlib.sha256()
-  for f in sorted(root.glob("*.py")):
-    h.update(f.name.encode() + f.read_bytes())
+  for name in DECISION_FILES:
+    h.update(name.encode() + (root / name).read_bytes())
   return h.hexdigest()[:12]
 
 
 def _key(r: dict[str, Any], lib: str) -> str:
   key = run_key(r["config"])
-  return f"{key}@{lib}" if r["method"] in RULE_METHODS else key
+  return f"{key}@{lib}" if _is_rule(r["method"]) else key
 
 
 def _load(case: dict[str, Any], cache: dict[tuple, Any]):
@@ -254,7 +268,7 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
   target = _val(case, best) if best else None
   out: dict[str, Any] = {"grid_cell": best and (best["peak_lr"], best["warmup_fraction"]),
                          "methods": {}}
-  for m in METHODS:
+  for m in ALL_METHODS:
     rs = [best] if m == "grid" and best else [r for r in records if r["method"] == m]
     if not rs:
       continue
@@ -279,6 +293,15 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
 # Report
 # ---------------------------------------------------------------------------
 
+def _order(method: str) -> int:
+  return METHODS.index(method) if method in METHODS else len(METHODS) + list(VARIANTS).index(
+      method.split(":")[1])
+
+
+def _label(method: str) -> str:
+  return LABELS.get(method) or f"AutoWU + {method.split(':')[1]} (candidate)"
+
+
 LABELS = {"autowu": "AutoWU defaults (ours)", "authors": "AutoWU, authors' rule",
           "grid": "tuned grid (picked on val)", "schedule_free_adamw": "Schedule-Free AdamW",
           "prodigy": "Prodigy", "dadapt_adamw": "D-Adapt AdamW",
@@ -297,7 +320,7 @@ def _case_lines(case: dict[str, Any], summ: dict[str, Any]) -> list[str]:
   rows = []
   for m, r in summ["methods"].items():
     restart = [x for x in r["restart"] if x is not None]
-    rows.append([LABELS[m], r["n"], f"{r['mean']:.3f} ± {r['std']:.3f}", f"{r['worst']:.3f}",
+    rows.append([_label(m), r["n"], f"{r['mean']:.3f} ± {r['std']:.3f}", f"{r['worst']:.3f}",
                  report.fmt(r.get("gap"), "+.2f"), report.fmt(r.get("worst_gap"), "+.2f"),
                  ", ".join("-" if s is None else str(s) for s in r["steps"]) or "-",
                  f"{r['bytes'] / 1e6:.2f}",
@@ -308,7 +331,7 @@ def _case_lines(case: dict[str, Any], summ: dict[str, Any]) -> list[str]:
 
 
 def _overview(cases: list[dict[str, Any]], summs: dict[str, dict]) -> list[str]:
-  methods = [m for m in METHODS if any(m in s["methods"] for s in summs.values())]
+  methods = [m for m in ALL_METHODS if any(m in s["methods"] for s in summs.values())]
   rows = []
   for c in cases:
     s = summs.get(c["name"])
@@ -322,7 +345,7 @@ def _overview(cases: list[dict[str, Any]], summs: dict[str, dict]) -> list[str]:
             if m in summs[c]["methods"] and "gap" in summs[c]["methods"][m]]
     avg.append(f"**{np.mean(gaps):+.2f}** ({len(gaps)})" if gaps else "-")
   return report.table(["case (gap to grid: pp, or % bpb for text; + = better)",
-                       *(LABELS[m] for m in methods)], rows + [avg])
+                       *(_label(m) for m in methods)], rows + [avg])
 
 
 def plot(cases: list[dict[str, Any]], summs: dict[str, dict], path: Path) -> None:
@@ -333,12 +356,13 @@ def plot(cases: list[dict[str, Any]], summs: dict[str, dict], path: Path) -> Non
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
   names = [c["name"] for c in cases if c["name"] in summs]
-  methods = [m for m in METHODS if m != "grid" and any(m in summs[n]["methods"] for n in names)]
+  methods = [m for m in ALL_METHODS
+             if m != "grid" and any(m in summs[n]["methods"] for n in names)]
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(15, 4.8))
   w = 0.8 / max(1, len(methods))
   for j, m in enumerate(methods):
     gaps = [summs[n]["methods"].get(m, {}).get("gap", np.nan) for n in names]
-    a1.bar(np.arange(len(names)) + j * w, np.clip(gaps, -5, None), w, label=LABELS[m])
+    a1.bar(np.arange(len(names)) + j * w, np.clip(gaps, -5, None), w, label=_label(m))
   a1.axhline(0, color="k", lw=0.8)
   a1.axhline(-0.3, color="k", lw=0.6, ls=":")
   a1.set_xticks(np.arange(len(names)) + 0.4 - w / 2, names, rotation=30, ha="right", fontsize=8)
@@ -354,7 +378,7 @@ def plot(cases: list[dict[str, Any]], summs: dict[str, dict], path: Path) -> Non
       ratios[m].append(err[m] / best if m in err else np.inf)
   taus = np.linspace(1, 1.3, 200)
   for m, rs in ratios.items():
-    a2.plot(taus, [np.mean(np.array(rs) <= t) for t in taus], label=LABELS[m],
+    a2.plot(taus, [np.mean(np.array(rs) <= t) for t in taus], label=_label(m),
             lw=2 if m in ("autowu", "grid") else 1)
   a2.set_xlabel("tau: error (100 - acc %, or bpb) within tau x the best method's")
   a2.set_ylabel("fraction of cases")
@@ -369,10 +393,10 @@ def _lm_lines(case: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
   """The transformer page's tables for one case: every run, and the grid."""
   bpb = lambda v: report.fmt(None if v is None else v / math.log(2), ".4f")
   rows = []
-  for r in sorted(records, key=lambda r: (METHODS.index(r["method"]), r["seed"],
+  for r in sorted(records, key=lambda r: (_order(r["method"]), r["seed"],
                                           r.get("peak_lr") or 0, r.get("warmup_fraction") or 0)):
     s = r["summary"]
-    what = LABELS[r["method"]] + (f" peak {r['peak_lr']:.2g} warmup {r['warmup_fraction']:g}"
+    what = _label(r["method"]) + (f" peak {r['peak_lr']:.2g} warmup {r['warmup_fraction']:g}"
                                   if r["method"] == "grid" else "")
     sw = ("" if s.get("switch_step") is None else
           f"{s['switch_step']} / {report.fmt(s['restart_lr'])}")
@@ -400,8 +424,8 @@ def plot_lm(cases: list[dict[str, Any]], by_case: dict[str, list], path: Path) -
     show = [r for r in rs if r["method"] != "grid"] + ([best] if best else [])
     for k, r in enumerate(show):
       c = r["curve"]
-      label = LABELS[r["method"]] + (f" s{r['seed']}" if r["method"] in RULE_METHODS else "")
-      style = dict(color=f"C{METHODS.index(r['method'])}", lw=1.2,
+      label = _label(r["method"]) + (f" s{r['seed']}" if _is_rule(r["method"]) else "")
+      style = dict(color=f"C{_order(r['method'])}", lw=1.2,
                    ls=["-", "--", ":"][r["seed"] % 3])
       axes[0, j].plot(c["step"], np.array(c["loss"], float) / math.log(2), label=label, **style)
       if any(v is not None for v in c["lr"]):
@@ -452,7 +476,8 @@ def render(runs_path: Path, out_dir: Path, cases: list[dict[str, Any]]) -> Path:
   """Writes ``suite.md`` and ``suite.png`` from the runs file."""
   lib = library_version()  # AutoWU runs of the current library only.
   records = [r for r in load_runs(runs_path) if r.get("status") == "ok" and (
-      r["method"] not in RULE_METHODS or r.get("library_version") == lib)]
+      not _is_rule(r["method"]) or r.get("library_version") == lib)
+      and r["method"] in ALL_METHODS]
   by_case = {c["name"]: [r for r in records if r["case"] == c["name"]] for c in cases}
   summs = {n: summarize(c, by_case[n]) for c, n in zip(cases, by_case) if by_case[n]}
   if not records:
@@ -515,9 +540,9 @@ def main(argv: list[str] | None = None) -> Path:
     bad = [n for n in args.cases if n not in known] if not args.quick else []
     if bad:
       raise cli.UsageError(f"argument --cases: unknown {bad}; choose from {list(known)}")
-    bad = [m for m in args.methods if m not in METHODS]
+    bad = [m for m in args.methods if m not in ALL_METHODS]
     if bad:
-      raise cli.UsageError(f"argument --methods: unknown {bad}; choose from {METHODS}")
+      raise cli.UsageError(f"argument --methods: unknown {bad}; choose from {ALL_METHODS}")
     cases = pool if args.quick else [known[n] for n in args.cases]
     out_dir = report.results_dir(args.out_dir, "suite", args.quick)
     runs_path = out_dir / "suite_runs.jsonl"

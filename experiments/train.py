@@ -96,7 +96,7 @@ class TrainConfig:
   (:func:`experiments.data.split_validation`; text datasets always have
   one). ``context``: tokens per sequence of a text dataset. ``autowu``:
   further keyword arguments of :func:`optax_autolr.autowu` (a decision-rule
-  variant; the flags above win).
+  variant; they win over the AutoWU flags above).
   """
 
   schedule: str = "autowu_lamb"
@@ -136,7 +136,6 @@ class TrainConfig:
   def autowu_kwargs(self, steps_per_epoch: int) -> dict[str, Any]:
     """Keyword arguments for :func:`optax_autolr.autowu`."""
     kw: dict[str, Any] = {
-        **self.autowu,
         "max_warmup_fraction": self.max_warmup_fraction,
         "decay": self.decay,
         "divergence_factor": self.divergence_factor,
@@ -145,7 +144,7 @@ class TrainConfig:
       kw["test_every"] = steps_per_epoch
     elif self.test_every is not None:
       kw["test_every"] = int(self.test_every)
-    return kw
+    return {**kw, **self.autowu}
 
 
 # ---------------------------------------------------------------------------
