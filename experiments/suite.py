@@ -30,6 +30,7 @@ cases and a performance profile.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import io
@@ -63,6 +64,7 @@ PEERS = ["schedule_free_adamw", "prodigy", "dadapt_adamw", "mechanize_lamb",
 METHODS = ["autowu", "authors", "grid", *PEERS]
 VARIANTS: dict[str, dict[str, Any]] = {
     "valley03": {"valley_level": 0.3},
+    "restart03": {"restart_fraction": 0.3},
     "valley05": {"valley_level": 0.5},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
@@ -90,6 +92,7 @@ CASES: list[dict[str, Any]] = [
     _case("cnn_adamw_b512_e10", "cnn", "adamw", 512, 10, subset=(20000, None)),
     _case("lm_adamw_b16", "transformer", "adamw", 16, 1),
     _case("lm_adamw_b128", "transformer", "adamw", 128, 1),
+    _case("lm_lamb_b16", "transformer", "lamb", 16, 1),
 ]
 """The suite. CNN: the first 20000 training images (15000 after the holdout),
 so a run takes minutes here. LM: one pass over fortunes (2.3M bytes)."""
@@ -151,12 +154,27 @@ DECISION_FILES = ("_autowu.py", "gp.py", "window.py", "_checks.py", "_adamp.py")
 """The library files AutoWU's runs depend on (its rule, the GP, the chains)."""
 
 
+def _code_only(source: str) -> str:
+  """The syntax tree of ``source`` without docstrings (comments are never in it)."""
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    body = getattr(node, "body", None)
+    if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+      node.body = body[1:] or [ast.Pass()]
+  return ast.dump(tree)
+
+
 def library_version() -> str:
-  """Hash of :data:`DECISION_FILES`: AutoWU runs are keyed (and reported) by it."""
+  """Hash of the code of :data:`DECISION_FILES` (docstrings and comments left out).
+
+  AutoWU runs are keyed and reported by it, so a change of the decision code
+  re-runs them, and a change of its documentation does not.
+  """
   root = Path(__file__).resolve().parent.parent / "optax_autolr"
   h = hashlib.sha256()
   for name in DECISION_FILES:
-    h.update(name.encode() + (root / name).read_bytes())
+    h.update(name.encode() + _code_only((root / name).read_text()).encode())
   return h.hexdigest()[:12]
 
 
@@ -281,8 +299,8 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
                switch=[r["summary"].get("switch_step") for r in rs])
     if best is not None:
       g = _test(case, best)
-      row["gap"] = sign * (row["mean"] - g)
-      row["worst_gap"] = sign * (worst - g)
+      row["gap"] = sign * (row["mean"] - g) + 0.0  # + 0.0: no "-0.00".
+      row["worst_gap"] = sign * (worst - g) + 0.0
       if text:  # Relative, in % of the grid's bits per byte.
         row["gap"], row["worst_gap"] = (100 * row["gap"] / g, 100 * row["worst_gap"] / g)
     out["methods"][m] = row
@@ -468,7 +486,8 @@ def render_transformer(records: list[dict[str, Any]], out_dir: Path) -> Path | N
     lines += _lm_lines(c, by_case[c["name"]])
   png = out_dir / "transformer.png"
   plot_lm(cases, by_case, png)
-  lines += [f"![training loss and LR]({png.name})", ""]
+  lines += [f"Figure: `{png.name}` (training loss and LR of every run but the "
+            "grid's other cells).", ""]
   return report.write(out_dir / "transformer.md", lines, final_newline=True)
 
 
@@ -496,8 +515,9 @@ def render(runs_path: Path, out_dir: Path, cases: list[dict[str, Any]]) -> Path:
       f"{GRID_WARMUPS}, seed 0; the cell with the best final **validation** metric "
       f"({IMAGE_HOLDOUT} training images held out; 5 % of the text windows) is reported "
       "on **test**.",
-      f"- AutoWU: library defaults (library version `{lib}`, the hash of "
-      "`optax_autolr/*.py`), seeds 0-2; the other methods seed 0.",
+      f"- AutoWU: library defaults (library version `{lib}`, the hash of the code of "
+      f"`optax_autolr/{{{','.join(DECISION_FILES)}}}`), seeds 0-2; the other methods seed 0; "
+      "`AutoWU + <name> (candidate)`: a decision-rule candidate (`suite.VARIANTS`).",
       "- Steps to grid's val: the first epoch end at which the run's validation metric "
       "reaches the chosen grid cell's final one (`-`: never).", "",
       "## Gap to the grid per case", ""] + _overview(cases, summs) + ["", "## Cases", ""]
@@ -506,7 +526,7 @@ def render(runs_path: Path, out_dir: Path, cases: list[dict[str, Any]]) -> Path:
       lines += _case_lines(c, summs[c["name"]])
   png = out_dir / "suite.png"
   plot(cases, summs, png)
-  lines += [f"![gap per case and performance profile]({png.name})", ""]
+  lines += [f"Figure: `{png.name}` (gap per case; performance profile).", ""]
   render_transformer(records, out_dir)
   return report.write(out_dir / "suite.md", lines, final_newline=True)
 

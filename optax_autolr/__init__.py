@@ -38,6 +38,8 @@ from optax_autolr._autowu import get_probability
 from optax_autolr._autowu import get_switch
 from optax_autolr._autowu import loss_curve_posterior
 from optax_autolr._autowu import lr_hyperparams
+from optax_autolr._autowu import knee_outcome
+from optax_autolr._autowu import KNEE_PASSED
 from optax_autolr._autowu import MAX_WARMUP
 from optax_autolr._autowu import NON_FINITE
 from optax_autolr._autowu import NOT_SWITCHED
@@ -65,9 +67,10 @@ __version__ = '0.3.0'
 
 __all__ = [
     'AUTHORS', 'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DEFAULTS', 'DIVERGED', 'LossWindow',
-    'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
+    'KNEE_PASSED', 'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
     'adamp', 'autowu', 'autowu_adamp', 'autowu_adamw', 'autowu_lamb', 'check_restored',
-    'default_test_every', 'find_autowu_states', 'get_metrics', 'minimum_test_outcome', 'scale_by_adamp',
+    'default_test_every', 'find_autowu_states', 'get_metrics', 'knee_outcome',
+    'minimum_test_outcome', 'scale_by_adamp',
     'scale_invariance_report', 'ScaleByAdamPState', 'find_autowu_state', 'get_lr', 'get_phase',
     'get_probability', 'get_switch', 'gp', 'loss_curve_posterior',
     'lr_hyperparams', 'window',

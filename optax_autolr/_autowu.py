@@ -35,6 +35,7 @@ CONFIDENT_MINIMUM = 1
 DIVERGED = 2
 NON_FINITE = 3
 MAX_WARMUP = 4
+KNEE_PASSED = 5
 
 SWITCH_REASONS = {
     NOT_SWITCHED: 'not switched',
@@ -42,6 +43,7 @@ SWITCH_REASONS = {
     DIVERGED: 'divergence guard',
     NON_FINITE: 'non-finite loss',
     MAX_WARMUP: 'max warmup reached',
+    KNEE_PASSED: 'knee passed',
 }
 PHASES = {WARMUP: 'warmup', DECAY: 'decay'}
 
@@ -59,9 +61,16 @@ _TESTS_PER_WARMUP = 40
 # (chosen by measurement: experiments/results/rule_search.md) and the paper's
 # values, which the authors' rule (tests once an epoch, no guard) keeps.
 DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, min_descent=3.0,
-                valley_level=0.05, restart_fraction=1.0, spike_factor=1.3)
+                valley_level=0.05, restart_fraction=1.0, spike_factor=1.3,
+                knee_slope=0.3)
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, min_descent=0.0,
-               valley_level=0.0, restart_fraction=1.0, spike_factor=math.inf)
+               valley_level=0.0, restart_fraction=1.0, spike_factor=math.inf,
+               knee_slope=0.0)
+# The knee rule: warmup ends once the LR has tripled past the knee (the last
+# LR before the minimum where the log loss still fell by ``knee_slope`` per
+# decade of LR), if the log loss had fallen by 0.1 before the knee.
+_KNEE_SPAN = math.log(3.0)
+_KNEE_DROP = 0.1
 # The spike test: a loss this many noise scales above the smallest smoothed
 # loss (noise scale: EMA of |successive loss differences|, ~1.13 noise std).
 _SPIKE_NOISE_SCALES = 4.0
@@ -103,8 +112,11 @@ class AutoWUState(NamedTuple):
     grid_size: int32, the number of posterior grid points.
     min_descent: float32, the descent gate of a positive test.
     valley_level: float32, where in the valley the restart point lies.
+    knee_slope: float32, the knee rule's slope (0: off).
+    log_lr_range: float32, ``log(max_lr / min_lr)`` of the exponential
+      warmup (0 for the linear one, which has no knee rule).
 
-  The last seven are constants of the transformation, kept so that
+  The last nine are constants of the transformation, kept so that
   :func:`loss_curve_posterior` reproduces a decision from the state alone and
   :func:`check_restored` can tell a checkpoint made for another budget.
   """
@@ -131,6 +143,8 @@ class AutoWUState(NamedTuple):
   grid_size: jax.Array
   min_descent: jax.Array
   valley_level: jax.Array
+  knee_slope: jax.Array
+  log_lr_range: jax.Array
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -193,6 +207,7 @@ class _Config(NamedTuple):
   valley_level: float
   restart_fraction: float
   spike_factor: float | None
+  knee_slope: float
 
 
 def default_test_every(total_steps: int, steps_per_epoch: int,
@@ -414,53 +429,106 @@ def minimum_test_outcome(result: gp.MinimumTestResult,
   return probability.astype(jnp.float32), position.astype(jnp.float32)
 
 
-def _run_test(window, last, *, lengthscale, grid_size, noise_floor,
-              min_descent, valley_level) -> gp.MinimumTestResult:
+def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
+                 lr_span: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(passed, position)``: the knee of the warmup's loss-vs-LR curve.
+
+  On the exponential warmup, ``x`` is linear in log LR: ``lr_span`` is
+  ``log(lr(x=1) / lr(x=0))``. The knee is the last grid point before the
+  posterior-mean minimum where the log loss still falls by at least
+  ``knee_slope`` per decade of LR; past it the curve is nearly flat, and
+  the LRs there teach little more in the short run but may harm the long run
+  (a transformer left on its plateau). ``passed``: the LR has tripled past
+  the knee and the log loss fell by 0.1 before it (no knee on a flat start,
+  nor for losses that are not all positive). ``position``: the knee's ``x``
+  (1 when there is none).
+
+  Args:
+    result: the :class:`~optax_autolr.gp.MinimumTestResult` of the window.
+    knee_slope: see :func:`autowu`.
+    lr_span: ``log`` of the LR range the window spans.
+
+  Returns:
+    ``(passed, position)``: a bool and a float32 scalar.
+  """
+  m, x = result.posterior.mean, result.grid
+  log_m = jnp.log(jnp.maximum(m, jnp.finfo(m.dtype).tiny))
+  span = jnp.maximum(lr_span, 1e-12)
+  slope = -jnp.gradient(log_m, x[1] - x[0]) * math.log(10.0) / span
+  index = jnp.arange(m.shape[0])
+  steep = (slope >= knee_slope) & (index <= jnp.argmin(m))
+  k = jnp.max(jnp.where(steep, index, -1))
+  found = jnp.all(m > 0) & (k >= 0) & (lr_span > 0)
+  k = jnp.maximum(k, 0)
+  passed = (found & ((1.0 - x[k]) * lr_span >= _KNEE_SPAN)
+            & (log_m[0] - log_m[k] >= _KNEE_DROP))
+  return passed, jnp.where(found, x[k], 1.0).astype(jnp.float32)
+
+
+def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
+              min_descent, valley_level, knee_slope
+              ) -> tuple[gp.MinimumTestResult, jax.Array]:
   """The test as the update runs it.
 
   Returns:
-    The GP's result, with the test's outcome (:func:`minimum_test_outcome`)
-    as its ``probability`` and ``argmin``.
+    ``(result, knee)``: the GP's result, with the test's outcome
+    (:func:`minimum_test_outcome`; the restart point at most the knee, see
+    :func:`knee_outcome`) as its ``probability`` and ``argmin``, and whether
+    the knee was passed.
   """
   result = minimum_test(window, last, lengthscale=lengthscale,
                         grid_size=grid_size, noise_floor=noise_floor)
   probability, position = minimum_test_outcome(
       result, window, lengthscale=lengthscale, min_descent=min_descent,
       valley_level=valley_level)
-  return result._replace(probability=probability, argmin=position)
+  knee = jnp.zeros((), bool)
+  if knee_slope > 0.0:
+    knee, x_knee = knee_outcome(result, knee_slope=knee_slope, lr_span=lr_span)
+    position = jnp.minimum(position, x_knee)
+  return result._replace(probability=probability, argmin=position), knee
 
 
 # Eager callers (plots, logging) compile once per set of constants.
 _jit_test = jax.jit(_run_test, static_argnames=(
-    'lengthscale', 'grid_size', 'noise_floor', 'min_descent', 'valley_level'))
+    'lengthscale', 'grid_size', 'noise_floor', 'min_descent', 'valley_level',
+    'knee_slope'))
+
+
+def _lr_span(cfg: _Config, t_data) -> jax.Array:
+  """``log(lr(t_data) / min_lr)`` of the exponential warmup (0 for linear)."""
+  if cfg.warmup != 'exp':
+    return jnp.zeros((), jnp.float32)
+  frac = jnp.minimum(t_data.astype(jnp.float32) / cfg.warmup_steps, 1.0)
+  return math.log(cfg.max_lr / cfg.min_lr) * frac
 
 
 def _test_branch(cfg: _Config, window, t_data, probability, argmin):
   del probability, argmin
-  result = _run_test(window, t_data, lengthscale=cfg.lengthscale,
-                     grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
-                     min_descent=cfg.min_descent,
-                     valley_level=cfg.valley_level)
-  return result.probability, result.argmin
+  result, knee = _run_test(
+      window, t_data, _lr_span(cfg, t_data), lengthscale=cfg.lengthscale,
+      grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
+      min_descent=cfg.min_descent, valley_level=cfg.valley_level,
+      knee_slope=cfg.knee_slope if cfg.warmup == 'exp' else 0.0)
+  return result.probability, result.argmin, knee
 
 
 def _skip_branch(window, t_data, probability, argmin):
   del window, t_data
-  return probability, argmin
+  return probability, argmin, jnp.zeros((), bool)
 
 
 def _maybe_test(cfg: _Config, run, window, t_data, state: AutoWUState):
-  """``(probability, argmin)``: a new test when ``run``, else the last one."""
+  """``(probability, argmin, knee)``: a new test when ``run``, else the last one."""
   return jax.lax.cond(run, functools.partial(_test_branch, cfg), _skip_branch,
                       window, t_data, state.probability, state.argmin)
 
 
-def _decide(cfg: _Config, state: AutoWUState, is_test, probability,
+def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
             guard: _Guard):
   """``(positives, reason)``; ``reason != NOT_SWITCHED`` ends warmup now.
 
-  Priority: a confident minimum, then the guard (divergence, then a
-  non-finite loss), then the end of the maximal warmup.
+  Priority: a confident minimum, the knee passed, then the guard
+  (divergence, then a non-finite loss), then the end of the maximal warmup.
   """
   positive = probability > cfg.confidence
   positives = jnp.where(is_test, jnp.where(positive, state.positives + 1, 0),
@@ -468,8 +536,10 @@ def _decide(cfg: _Config, state: AutoWUState, is_test, probability,
   confident = is_test & (positives >= cfg.patience)
   reached_max = state.count >= cfg.warmup_steps
   reason = jnp.select(
-      [confident, guard.diverged, guard.non_finite, reached_max],
-      [CONFIDENT_MINIMUM, DIVERGED, NON_FINITE, MAX_WARMUP], NOT_SWITCHED)
+      [confident, is_test & knee, guard.diverged, guard.non_finite,
+       reached_max],
+      [CONFIDENT_MINIMUM, KNEE_PASSED, DIVERGED, NON_FINITE, MAX_WARMUP],
+      NOT_SWITCHED)
   reason = jnp.where(state.phase == WARMUP, reason, NOT_SWITCHED)
   return positives, reason.astype(jnp.int32)
 
@@ -508,9 +578,9 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss):
   # +4.8 ms instead of +0.8 ms per MLP test step).
   updates, window, t_data = jax.lax.optimization_barrier(
       (updates, window, t_data))
-  probability, argmin = _maybe_test(
+  probability, argmin, knee = _maybe_test(
       cfg, is_test | guard.diverged | guard.non_finite, window, t_data, state)
-  positives, reason = _decide(cfg, state, is_test, probability, guard)
+  positives, reason = _decide(cfg, state, is_test, probability, knee, guard)
   switch = reason != NOT_SWITCHED
   restart = _restart_lr(cfg, reason, t, t_data, argmin, guard.non_finite,
                         spike.spike_lr)
@@ -555,6 +625,7 @@ def autowu(
     valley_level: float | None = None,
     restart_fraction: float | None = None,
     spike_factor: float | None = None,
+    knee_slope: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Automated learning-rate warmup and decay driven by the training loss.
 
@@ -661,6 +732,12 @@ def autowu(
       first warmup loss above ``spike_factor`` x the smallest smoothed loss
       and 4 noise scales above it, > 1; ``math.inf`` disables the cap.
       ``None``: ``DEFAULTS['spike_factor']``.
+    knee_slope: the knee rule (exponential warmup, positive losses), >= 0:
+      the restart point is at most the knee of the loss-vs-LR curve, the
+      last LR before the minimum where the log loss still fell by this much
+      per decade of LR, and warmup ends once the LR has tripled past the
+      knee (see :func:`knee_outcome`); 0 disables it. ``None``:
+      ``DEFAULTS['knee_slope']``.
 
   The arguments whose default is ``None`` take the library's defaults
   (``optax_autolr.DEFAULTS``, chosen by measurement, see the README), except
@@ -716,7 +793,9 @@ def autowu(
         total_steps=i32(cfg.total_steps), warmup_steps=i32(cfg.warmup_steps),
         lengthscale=f32(cfg.lengthscale), noise_floor=f32(cfg.noise_floor),
         grid_size=i32(cfg.grid_size), min_descent=f32(cfg.min_descent),
-        valley_level=f32(cfg.valley_level))
+        valley_level=f32(cfg.valley_level),
+        knee_slope=f32(_state_constants(cfg)['knee_slope']),
+        log_lr_range=f32(_state_constants(cfg)['log_lr_range']))
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
@@ -741,7 +820,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                  confidence, patience, test_every, divergence_factor,
                  window_size, grid_size, lengthscale, noise_floor,
                  min_descent, valley_level, restart_fraction,
-                 spike_factor) -> _Config:
+                 spike_factor, knee_slope) -> _Config:
   """Validates the arguments of :func:`autowu` and derives its constants."""
   c = _checks
   total_steps = c.check_int('total_steps', total_steps, 2)
@@ -756,7 +835,8 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   preset = AUTHORS if authors else DEFAULTS
   given = dict(min_lr=min_lr, max_warmup_fraction=max_warmup_fraction,
                min_descent=min_descent, valley_level=valley_level,
-               restart_fraction=restart_fraction, spike_factor=spike_factor)
+               restart_fraction=restart_fraction, spike_factor=spike_factor,
+               knee_slope=knee_slope)
   resolved = {k: preset[k] if v is None else v for k, v in given.items()}
   min_lr, max_warmup_fraction = (resolved['min_lr'],
                                  resolved['max_warmup_fraction'])
@@ -767,6 +847,8 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   restart_fraction = c.check_float(
       'restart_fraction', resolved['restart_fraction'], 0.0, 1.0,
       low_open=True)
+  knee_slope = c.check_float('knee_slope', resolved['knee_slope'], 0.0,
+                             math.inf)
   spike_factor = resolved['spike_factor']
   if isinstance(spike_factor, numbers.Real) and spike_factor == math.inf:
     spike_factor = None  # No cap.
@@ -827,11 +909,20 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                  decay_start, confidence, patience, test_every,
                  divergence_factor, window_size, grid_size, lengthscale,
                  noise_floor, min_descent, valley_level, restart_fraction,
-                 spike_factor)
+                 spike_factor, knee_slope)
 
 
 _CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
-                  'grid_size', 'min_descent', 'valley_level')
+                  'grid_size', 'min_descent', 'valley_level', 'knee_slope',
+                  'log_lr_range')
+
+
+def _state_constants(cfg: _Config) -> dict[str, Any]:
+  """The constants of ``cfg`` as the state keeps them (:data:`_CONFIG_FIELDS`)."""
+  exp = cfg.warmup == 'exp'  # The linear warmup has no knee rule.
+  return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:-2]},
+          'knee_slope': cfg.knee_slope if exp else 0.0,
+          'log_lr_range': math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0}
 
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
@@ -856,7 +947,8 @@ def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
   if any(isinstance(x, jax.core.Tracer) or np.ndim(x) for x in leaves):
     return  # Under jit (or a stacked state): see check_restored.
   diffs = _config_mismatch(
-      cfg._asdict(), {n: np.asarray(getattr(state, n)) for n in _CONFIG_FIELDS})
+      _state_constants(cfg),
+      {n: np.asarray(getattr(state, n)) for n in _CONFIG_FIELDS})
   if diffs:
     warnings.warn('autowu: the state was made for another configuration ('
                   + '; '.join(diffs) + '); the transformation\'s wins.',
@@ -1220,6 +1312,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                          noise_floor: float | None = None,
                          min_descent: float | None = None,
                          valley_level: float | None = None,
+                         knee_slope: float | None = None,
                          ) -> tuple[jax.Array, gp.MinimumTestResult]:
   """Recomputes the minimum test on the warmup window, for plots and logging.
 
@@ -1229,7 +1322,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   :func:`minimum_test_outcome`) equal the state's, and its posterior is the GP's.
   Reading the constants needs a concrete state, so call it outside
   ``jax.jit`` (it is compiled internally, once per set of constants); under
-  ``jax.jit`` pass all five.
+  ``jax.jit`` pass all six.
 
   Args:
     state: an optimizer state holding an :class:`AutoWUState`.
@@ -1239,6 +1332,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
     noise_floor: overrides the state's noise floor.
     min_descent: overrides the state's descent gate.
     valley_level: overrides the state's valley level.
+    knee_slope: overrides the state's knee slope.
 
   Returns:
     ``(steps, result)``: the grid as (fractional) step numbers and the
@@ -1248,7 +1342,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   s = _unwrap(find_autowu_state(state, path))
   given = {'lengthscale': lengthscale, 'grid_size': grid_size,
            'noise_floor': noise_floor, 'min_descent': min_descent,
-           'valley_level': valley_level}
+           'valley_level': valley_level, 'knee_slope': knee_slope}
   for name, v in given.items():
     if v is None:
       field = getattr(s, name)
@@ -1264,5 +1358,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                    s.switch_step - 1, last)
   last = jnp.maximum(last, 1)
   given['grid_size'] = int(given['grid_size'])
-  result = _jit_test(s.window, last, **given)
+  lr_span = s.log_lr_range * jnp.minimum(
+      last.astype(jnp.float32) / s.warmup_steps, 1.0)
+  result, _ = _jit_test(s.window, last, lr_span, **given)
   return result.grid * last.astype(jnp.float32), result

@@ -51,7 +51,9 @@ def test_switch_after_optimum_and_restart_near_it(u_runner, noise, log10_opt):
   state, lrs = u_runner(log10_opt, noise, jax.random.key(int(noise * 100)))
   switch = int(state.switch_step)
   opt = 10.0**log10_opt
-  assert int(state.switch_reason) == oa.CONFIDENT_MINIMUM
+  # On a U in log LR the knee (the log loss falling by 0.3 per decade) lies
+  # 0.3 decades below the optimum and is passed first.
+  assert int(state.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
   assert 0 < switch < WARMUP_STEPS
   # The warmup LR had passed the optimum before the switch ...
   assert float(lrs[switch - 1]) > opt
@@ -344,7 +346,8 @@ SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
                  'switch_step', 'restart_lr', 'switch_reason', 'loss_ema',
                  'ema_min', 'spike_lr', 'last_loss', 'diff_ema',
                  'total_steps', 'warmup_steps', 'lengthscale',
-                 'noise_floor', 'grid_size', 'min_descent', 'valley_level')
+                 'noise_floor', 'grid_size', 'min_descent', 'valley_level',
+                 'knee_slope', 'log_lr_range')
 
 
 def test_state_is_flat_named_scalars_and_the_window():
@@ -390,7 +393,7 @@ def test_authors_rule_keeps_the_papers_values():
   preset = dict(test_every=SPE, divergence_factor=None)
   paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5,
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
-               spike_factor=math.inf)
+               spike_factor=math.inf, knee_slope=0.0)
   curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
   a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
   b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
@@ -407,6 +410,7 @@ def test_authors_rule_keeps_the_papers_values():
     (dict(valley_level=1.0), 'valley_level'),
     (dict(valley_level=-0.1), 'valley_level'),
     (dict(spike_factor=1.0), 'spike_factor'),
+    (dict(knee_slope=-0.1), 'knee_slope'),
 ])
 def test_bad_rule_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -445,3 +449,69 @@ def test_flat_noisy_start_rarely_restarts_badly():
       bad += not 1 / 3 <= ratio <= 2
   print(f'bad restarts: {bad} of 40')
   assert bad <= 1, bad
+
+
+def _posterior(m):
+  """A MinimumTestResult whose posterior mean is ``m`` on a uniform grid."""
+  m = jnp.asarray(m, jnp.float32)
+  grid = jnp.linspace(0.0, 1.0, m.shape[0])
+  post = oa.gp.Posterior(mean=m, var=jnp.zeros_like(m), cov_last=jnp.zeros_like(m))
+  return oa.gp.MinimumTestResult(probability=jnp.zeros(()), argmin=grid[jnp.argmin(m)],
+                                 hyperparams=None, posterior=post, grid=grid)
+
+
+def _plateau(x, knee=0.3, depth=2.0, floor=2.7, tilt=0.05):
+  """log loss falls steeply until ``knee``, then a nearly flat plateau."""
+  steep = floor * np.exp(depth * np.clip(knee - x, 0.0, None))
+  return steep * np.exp(-tilt * np.clip(x - knee, 0.0, None))
+
+
+@pytest.mark.parametrize('span_decades, passed', [(2.0, True), (0.5, False)])
+def test_knee_outcome_finds_the_end_of_the_steep_part(span_decades, passed):
+  x = np.linspace(0.0, 1.0, 256)
+  lr_span = span_decades * math.log(10.0)
+  ok, position = oa.knee_outcome(_posterior(_plateau(x)), knee_slope=0.3,
+                                 lr_span=jnp.float32(lr_span))
+  # Past the knee (x = 0.3) the log loss falls by 0.05 / 2 decades: flat.
+  assert float(position) == pytest.approx(0.3, abs=0.02)
+  # Passed once the LR tripled past the knee: (1 - 0.3) * span >= log(3).
+  assert bool(ok) == passed
+
+
+def test_knee_outcome_needs_a_real_descent_and_positive_losses():
+  x = np.linspace(0.0, 1.0, 64)
+  span = jnp.float32(3 * math.log(10.0))
+  flat = 2.3 + 0.001 * np.sin(20 * x)  # A flat start: no drop before a "knee".
+  assert not bool(oa.knee_outcome(_posterior(flat), knee_slope=0.3, lr_span=span)[0])
+  negative = _plateau(x) - 10.0  # Log slopes mean nothing for negative losses.
+  ok, position = oa.knee_outcome(_posterior(negative), knee_slope=0.3, lr_span=span)
+  assert not bool(ok) and float(position) == 1.0
+
+
+def test_plateau_stream_switches_at_the_knee():
+  """A transformer-like warmup: fast drop, then a plateau that hides the damage."""
+  tx = oa.autowu(1000, 100)  # Warmup from 1e-3 over at most 250 steps.
+  warm = int(oa.DEFAULTS['max_warmup_fraction'] * 1000)
+  knee_lr = 4e-3
+
+  def loss_at(lr):
+    d = jnp.log10(lr / knee_lr)  # Decades past the knee.
+    return 2.7 * jnp.exp(2.0 * jnp.clip(-d, 0.0, None) - 0.05 * jnp.clip(d, 0.0, None))
+
+  @jax.jit
+  def run(key):
+    def step(state, key):
+      lr = jnp.where(state.count == 0, MIN_LR, state.lr)
+      loss = loss_at(lr) * (1.0 + 0.01 * jax.random.normal(key))
+      _, state = tx.update({}, state, value=loss)
+      return state, None
+    return jax.lax.scan(step, tx.init(None), jax.random.split(key, warm))[0]
+
+  state = run(jax.random.key(0))
+  step, restart, reason = (np.asarray(v) for v in oa.get_switch(state))
+  assert oa.SWITCH_REASONS[int(reason)] == 'knee passed'
+  assert knee_lr / 1.5 <= float(restart) <= knee_lr * 1.5
+  lr_at_switch = MIN_LR * (1.0 / MIN_LR)**(int(step) / warm)
+  assert 3 * knee_lr <= lr_at_switch <= 6 * knee_lr  # Soon after it tripled.
+  # The authors' rule has no knee rule.
+  assert oa.AUTHORS['knee_slope'] == 0.0

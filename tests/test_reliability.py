@@ -30,8 +30,11 @@ MIN_LR, MAX_LR = 1e-5, 1.0
 
 CONFIGS = {
     # The library's rule on the paper's warmup (the loss streams below are
-    # laid out for 1e-5 over half the budget).
-    'default': dict(min_lr=MIN_LR, max_warmup_fraction=0.5),
+    # laid out for 1e-5 over half the budget), without the knee rule: it
+    # reads the log loss, so it is invariant to scale but not to shift (see
+    # test_knee_rule_is_scale_invariant_and_off_for_negative_losses).
+    'default': dict(min_lr=MIN_LR, max_warmup_fraction=0.5, knee_slope=0.0),
+    'knee': dict(min_lr=MIN_LR, max_warmup_fraction=0.5),
     'authors': dict(test_every=SPE, divergence_factor=None),
     'linear': dict(warmup='linear', decay='constant_cosine', min_lr=1e-3,
                    max_lr=0.1, patience=1, confidence=0.6,
@@ -188,6 +191,19 @@ def test_scaled_and_shifted_u_curves_switch_like_the_unscaled_one(
   # rounding (at -1e6 + O(1), float32 resolves 0.06 of the 1.0 range).
   assert abs(int(state.switch_step) - int(ref.switch_step)) <= 2 * TEST_EVERY
   assert 0.7 < float(state.restart_lr) / float(ref.restart_lr) < 1.4
+
+
+def test_knee_rule_is_scale_invariant_and_off_for_negative_losses():
+  ref, _ = _run(_u_curve(), 'knee')
+  assert int(ref.switch_reason) == oa.KNEE_PASSED  # Passed before the minimum is sure.
+  for scale in (1e-6, 1e6):
+    state, _ = _run(scale * _u_curve(), 'knee')
+    assert int(state.switch_step) == int(ref.switch_step)
+    np.testing.assert_allclose(state.restart_lr, ref.restart_lr, rtol=1e-3)
+  state, _ = _run(_u_curve() - 3.0, 'knee')  # Negative: the rule without the knee.
+  no_knee, _ = _run(_u_curve() - 3.0)
+  assert int(state.switch_step) == int(no_knee.switch_step)
+  np.testing.assert_allclose(state.restart_lr, no_knee.restart_lr, rtol=1e-6)
 
 
 @pytest.mark.parametrize('value', [0.0, 3.0, -2.5, -1e6, 1e9, 1e-9, 1e15])

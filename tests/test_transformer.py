@@ -117,6 +117,7 @@ def test_cli_rejects_a_model_that_does_not_fit_the_data(capsys):
 
 def test_the_suite_has_the_transformer_cases():
   lm = [c for c in suite.CASES if c["model"] == "transformer"]
-  assert len(lm) == 2 and {c["dataset"] for c in lm} == {"fortunes"}
+  assert {c["batch_size"] for c in lm if c["family"] == "adamw"} == {16, 128}
+  assert {c["dataset"] for c in lm} == {"fortunes"}
   runs = suite.plan(lm[0], suite.METHODS)
   assert {r["config"]["schedule"] for r in runs} >= {"autowu_adamw", "warmup_cosine_adamw"}
