@@ -421,7 +421,7 @@ def _lm_lines(case: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     rows.append([what, r["seed"], bpb(s["final_val_loss"]), bpb(s["final_test_loss"]),
                  report.fmt(math.exp(s["final_test_loss"]), ".3f"), sw,
                  f"{r['elapsed_s']:.0f}", r["finished_at"]])
-  return [f"### {case['name']}: batch {case['batch_size']} x 128 bytes, "
+  return [f"## {case['name']}: batch {case['batch_size']} x 128 bytes, "
           f"{records[0]['summary']['total_steps']} steps", ""] + report.table(
       ["run", "seed", "val bits/byte", "test bits/byte", "test perplexity",
        "switch step / restart LR", "wall s", "finished"], rows) + [""]
