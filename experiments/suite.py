@@ -357,13 +357,17 @@ def _overview(cases: list[dict[str, Any]], summs: dict[str, dict]) -> list[str]:
       continue
     rows.append([c["name"], *(report.fmt(s["methods"].get(m, {}).get("gap"), "+.2f")
                               for m in methods)])
-  avg = ["**mean over cases**"]
-  for m in methods:
-    gaps = [summs[c]["methods"][m]["gap"] for c in summs
-            if m in summs[c]["methods"] and "gap" in summs[c]["methods"][m]]
-    avg.append(f"**{np.mean(gaps):+.2f}** ({len(gaps)})" if gaps else "-")
+  means = []
+  for text, what in ((False, "image cases, pp"), (True, "text cases, % bpb")):
+    names = [c["name"] for c in cases if c["name"] in summs and _is_text(c) == text]
+    row = [f"**mean over {what}**"]
+    for m in methods:
+      gaps = [summs[n]["methods"][m]["gap"] for n in names
+              if "gap" in summs[n]["methods"].get(m, {})]
+      row.append(f"**{np.mean(gaps):+.2f}** ({len(gaps)})" if gaps else "-")
+    means += [row] if names else []
   return report.table(["case (gap to grid: pp, or % bpb for text; + = better)",
-                       *(_label(m) for m in methods)], rows + [avg])
+                       *(_label(m) for m in methods)], rows + means)
 
 
 def plot(cases: list[dict[str, Any]], summs: dict[str, dict], path: Path) -> None:
