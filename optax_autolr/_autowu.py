@@ -649,9 +649,10 @@ def autowu(
   and after ``patience`` consecutive tests with :math:`p >` ``confidence`` it
   restarts from the LR the warmup had at the minimum of the posterior mean
   (the paper's rule; by default, halfway in log LR between that minimum and
-  the entry of its valley floor, at most the knee of the curve and at most the
-  LR before the first loss spike), then decays it to zero at ``total_steps`` (cosine, or constant then
-  cosine over the last ``cooldown_fraction``). Past ``total_steps`` the LR is 0. If
+  the entry of its valley floor, at most the knee of the curve and at most
+  the LR before the first loss spike), then decays it to zero at
+  ``total_steps`` (cosine, or constant then cosine over the last
+  ``cooldown_fraction``). Past ``total_steps`` the LR is 0. If
   no switch happens by :math:`T_w`, decay starts from the LR reached.
 
   **Chain order.** The transformation multiplies the incoming updates by the
@@ -697,7 +698,8 @@ def autowu(
   a fixed schedule. The minimum test standardizes the losses (it is invariant
   to a shift and a positive scale); the guard and the knee rule (which reads
   the log of the smoothed loss: invariant to scale, off when a loss is not
-  positive) assume a loss whose zero means something (cross-entropy, MSE). Checkpoints, data parallelism, gradient
+  positive) assume a loss whose zero means something (cross-entropy, MSE).
+  Checkpoints, data parallelism, gradient
   accumulation and ``inject_hyperparams`` are covered in the user guide.
 
   Args:
