@@ -667,6 +667,8 @@ def _prepare(dataset: data_lib.Dataset, cfg: TrainConfig) -> data_lib.Dataset:
         train_x=dataset.train_x[:n_train], train_y=dataset.train_y[:n_train],
         test_x=dataset.test_x[:n_test], test_y=dataset.test_y[:n_test])
   if cfg.holdout:
+    if dataset.val_x is not None:
+      raise cli.UsageError(f"argument --holdout: {dataset.name} has its own validation split")
     if cfg.holdout >= len(dataset.train_x):
       raise cli.UsageError(f"argument --holdout: {cfg.holdout} is not smaller than the "
                            f"{len(dataset.train_x)} training examples")

@@ -115,6 +115,15 @@ def test_cli_rejects_a_model_that_does_not_fit_the_data(capsys):
   assert "--data-dir" in capsys.readouterr().err
 
 
+def test_text_has_its_own_validation_split(text_file, capsys):
+  with pytest.raises(SystemExit) as exc:
+    train.main(["--model", "transformer", "--dataset", "text", "--data-dir", str(text_file),
+                "--holdout", "10", "--context", "32", "--batch-size", "8"])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert "--holdout" in err and "Traceback" not in err
+
+
 def test_the_suite_has_the_transformer_cases():
   lm = [c for c in suite.CASES if c["model"] == "transformer"]
   assert {c["batch_size"] for c in lm if c["family"] == "adamw"} == {16, 128}
