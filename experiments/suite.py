@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "valley03": {"valley_level": 0.3},
     "restart03": {"restart_fraction": 0.3},
     "noknee": {"knee_slope": 0.0},
+    "knee05": {"knee_slope": 0.5},
     "valley05": {"valley_level": 0.5},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
