@@ -54,3 +54,43 @@ def exact(decision: dict[str, Any], recorded_switch: int | None) -> bool:
   """Whether a replayed decision is exact (it switched no later than the recording)."""
   s = decision["switch_step"]
   return s is not None and (recorded_switch is None or s <= recorded_switch)
+
+
+def rule_search_traces(path: str = "experiments/results/rule_search_runs.jsonl"
+                       ) -> list[tuple[str, list[float], int, int, int]]:
+  """``(name, losses, total_steps, steps_per_epoch, switch_step)`` of the rule search's
+  runs with the current warmup (``D2``: min_lr 1e-3, a quarter of the budget)."""
+  import json  # noqa: PLC0415
+
+  out = []
+  with open(path) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["name"] == "D2_minlr1e-3_gate3" and r.get("trace"):
+        c = r["config"]
+        out.append((f"{c['schedule']} B{c['batch_size']} E{c['epochs']} s{c['seed']}",
+                    r["trace"]["loss"], r["total_steps"], r["steps_per_epoch"],
+                    r["switch_step"]))
+  return out
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Prints each recorded decision and the replayed decision of ``autowu(**KWARGS)``.
+
+  ``python -m experiments.replay 'knee_slope=0.0'`` (Python literals; none: the defaults).
+  """
+  import ast  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  kwargs = {}
+  for a in (sys.argv[1:] if argv is None else argv):
+    k, v = a.split("=", 1)
+    kwargs[k] = ast.literal_eval(v)
+  for name, losses, total, spe, switch in rule_search_traces():
+    d = replay(losses, total, spe, **kwargs)
+    print(f"{name:28s} switch {d['switch_step']!s:>4} restart {d['restart_lr'] or 0:.4f} "
+          f"{d['switch_reason']:18s}{'' if exact(d, switch) else ' (not exact)'}")
+
+
+if __name__ == "__main__":
+  main()

@@ -63,3 +63,11 @@ def test_cli_errors_are_two_lines(capsys):
   assert exc.value.code == 2
   err = capsys.readouterr().err
   assert "--cases" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_replay_reproduces_a_recorded_decision():
+  from experiments import replay  # noqa: PLC0415
+
+  name, losses, total, spe, switch = replay.rule_search_traces()[1]  # LAMB B4096 E20.
+  d = replay.replay(losses, total, spe, knee_slope=0.0)  # The rule the run was made with.
+  assert d["switch_step"] == switch and replay.exact(d, switch), name
