@@ -15,6 +15,8 @@ family), a batch size and a budget. Every case runs the same methods
 * ``grid``: warmup + cosine with the same optimizer, :data:`GRID_PEAKS` x
   :data:`GRID_WARMUPS`, seed 0; the cell is **picked on the validation
   split** (held out from the training set) and reported on test;
+* ``grid_seeds``: the picked grid cell again with seeds 1-2 (after ``grid``),
+  so the grid's best cell is also known as a mean of 3 seeds, like AutoWU;
 * the LR-free peers (:data:`PEERS`), seed 0, Optax defaults.
 
 Each run goes through the one train loop (:func:`experiments.train.run`) and
@@ -61,13 +63,15 @@ GRID_WARMUPS = [0.05, 0.2]
 AUTOWU_SEEDS = [0, 1, 2]
 PEERS = ["schedule_free_adamw", "prodigy", "dadapt_adamw", "mechanize_lamb",
          "reduce_on_plateau"]
-METHODS = ["autowu", "authors", "grid", *PEERS]
+METHODS = ["autowu", "authors", "grid", "grid_seeds", *PEERS]
 VARIANTS: dict[str, dict[str, Any]] = {
     "valley03": {"valley_level": 0.3},
     "restart03": {"restart_fraction": 0.3},
     "noknee": {"knee_slope": 0.0},
     "knee05": {"knee_slope": 0.5},
     "valley05": {"valley_level": 0.5},
+    "minlr1e4": {"min_lr": 1e-4},
+    "minlr1e5": {"min_lr": 1e-5},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
@@ -108,9 +112,21 @@ def _is_text(case: dict[str, Any]) -> bool:
   return case["model"] == "transformer"
 
 
-def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False
-         ) -> list[dict[str, Any]]:
-  """The runs of ``case`` for ``methods``: dicts with ``method`` and ``config``."""
+def picked_cell(case: dict[str, Any], records: Iterable[dict[str, Any]]
+                ) -> dict[str, Any] | None:
+  """The grid run (seed 0) with the best final validation metric, or None."""
+  grid = [r for r in records
+          if r["method"] == "grid" and r.get("case", case["name"]) == case["name"]]
+  return max(grid, key=lambda r: _val(case, r)) if grid else None
+
+
+def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False,
+         records: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+  """The runs of ``case`` for ``methods``: dicts with ``method`` and ``config``.
+
+  ``grid_seeds`` needs the case's grid ``records`` (its cell is picked on them);
+  without them it plans nothing.
+  """
   base = dict(model=case["model"], dataset=case["dataset"], batch_size=case["batch_size"],
               epochs=case["epochs"], holdout=case["holdout"], subset=case.get("subset"))
   fam = case["family"]
@@ -129,6 +145,11 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False
       runs += [dict(method=m, seed=0, peak_lr=p, warmup_fraction=w, config=dict(
           base, schedule=f"warmup_cosine_{fam}", seed=0, peak_lr=p, warmup_fraction=w))
           for p in peaks for w in (GRID_WARMUPS[:1] if quick else GRID_WARMUPS)]
+    elif m == "grid_seeds":
+      best = picked_cell(case, records)
+      runs += [dict(method=m, seed=s, peak_lr=best["peak_lr"],
+                    warmup_fraction=best["warmup_fraction"], config=dict(best["config"], seed=s))
+               for s in AUTOWU_SEEDS[1:]] if best else []
     elif m in PEERS:
       runs.append(dict(method=m, seed=0, config=dict(base, schedule=m, seed=0)))
     else:
@@ -201,8 +222,9 @@ def sweep(cases: list[dict[str, Any]], methods: list[str], runs_path: Path, *,
   from experiments import train  # noqa: PLC0415
 
   lib = library_version()
-  done = {r["key"] for r in load_runs(runs_path) if r.get("status") == "ok"}
-  todo = [(c, r) for c in cases for r in plan(c, methods, quick=quick)
+  old = [r for r in load_runs(runs_path) if r.get("status") == "ok"]
+  done = {r["key"] for r in old}
+  todo = [(c, r) for c in cases for r in plan(c, methods, quick=quick, records=old)
           if _key(r, lib) not in done]
   log(f"{len(todo)} runs to train ({runs_path})")
   meta = dict(command=" ".join(["python -m experiments.suite", *sys.argv[1:]]),
@@ -283,13 +305,15 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
   """Per method: test mean / std / worst seed, gap to the grid, time-to-result, bytes."""
   text = _is_text(case)
   sign = -1.0 if text else 1.0  # Higher is better after the sign.
-  grid = [r for r in records if r["method"] == "grid"]
-  best = max(grid, key=lambda r: _val(case, r)) if grid else None
+  best = picked_cell(case, records)
   target = _val(case, best) if best else None
   out: dict[str, Any] = {"grid_cell": best and (best["peak_lr"], best["warmup_fraction"]),
                          "methods": {}}
   for m in ALL_METHODS:
     rs = [best] if m == "grid" and best else [r for r in records if r["method"] == m]
+    if m == "grid_seeds" and best and rs:  # The picked cell, seeds 0-2.
+      rs = [best] + [r for r in rs if (r["peak_lr"], r["warmup_fraction"])
+                     == (best["peak_lr"], best["warmup_fraction"])]
     if not rs:
       continue
     vals = np.array([_test(case, r) for r in rs])
@@ -306,6 +330,11 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
       if text:  # Relative, in % of the grid's bits per byte.
         row["gap"], row["worst_gap"] = (100 * row["gap"] / g, 100 * row["worst_gap"] / g)
     out["methods"][m] = row
+  seeds = out["methods"].get("grid_seeds")
+  if seeds and seeds["n"] == len(AUTOWU_SEEDS):  # Gaps to the cell's mean of 3 seeds.
+    for row in out["methods"].values():
+      g = seeds["mean"]
+      row["gap_seeds"] = (100 * (g - row["mean"]) / g if text else row["mean"] - g) + 0.0
   return out
 
 
@@ -323,7 +352,8 @@ def _label(method: str) -> str:
 
 
 LABELS = {"autowu": "AutoWU defaults (ours)", "authors": "AutoWU, authors' rule",
-          "grid": "tuned grid (picked on val)", "schedule_free_adamw": "Schedule-Free AdamW",
+          "grid": "tuned grid (picked on val)", "grid_seeds": "grid's cell, seeds 0-2",
+          "schedule_free_adamw": "Schedule-Free AdamW",
           "prodigy": "Prodigy", "dadapt_adamw": "D-Adapt AdamW",
           "mechanize_lamb": "Mechanic (LAMB)", "reduce_on_plateau": "reduce-on-plateau"}
 
@@ -358,18 +388,20 @@ def _overview(cases: list[dict[str, Any]], summs: dict[str, dict]) -> list[str]:
     if s is None:
       continue
     rows.append([c["name"], *(report.fmt(s["methods"].get(m, {}).get("gap"), "+.2f")
-                              for m in methods)])
+                              for m in methods),
+                 report.fmt(s["methods"].get("autowu", {}).get("gap_seeds"), "+.2f")])
   means = []
   for text, what in ((False, "image cases, pp"), (True, "text cases, % bpb")):
     names = [c["name"] for c in cases if c["name"] in summs and _is_text(c) == text]
     row = [f"**mean over {what}**"]
-    for m in methods:
-      gaps = [summs[n]["methods"][m]["gap"] for n in names
-              if "gap" in summs[n]["methods"].get(m, {})]
+    for m, key in [(m, "gap") for m in methods] + [("autowu", "gap_seeds")]:
+      gaps = [summs[n]["methods"][m][key] for n in names
+              if key in summs[n]["methods"].get(m, {})]
       row.append(f"**{np.mean(gaps):+.2f}** ({len(gaps)})" if gaps else "-")
     means += [row] if names else []
   return report.table(["case (gap to grid: pp, or % bpb for text; + = better)",
-                       *(_label(m) for m in methods)], rows + means)
+                       *(_label(m) for m in methods),
+                       "AutoWU vs the grid's cell, seeds 0-2"], rows + means)
 
 
 def plot(cases: list[dict[str, Any]], summs: dict[str, dict], path: Path) -> None:
@@ -453,7 +485,7 @@ def plot_lm(cases: list[dict[str, Any]], by_case: dict[str, list], path: Path) -
   for j, case in enumerate(cases):
     rs = [r for r in by_case[case["name"]] if r.get("curve")]
     grid = [r for r in rs if r["method"] == "grid"]
-    best = max(grid, key=lambda r: _val(case, r)) if grid else None
+    best = picked_cell(case, grid)
     show = [r for r in rs if r["method"] != "grid"] + ([best] if best else [])
     for k, r in enumerate(show):
       c = r["curve"]

@@ -66,8 +66,7 @@ CASES = [
     ("compare-grid-peaks", "compare", ["--grid-peaks", "0.1,0"], ["--grid-peaks", "> 0"]),
     ("compare-from-jsonl-missing", "compare", ["--from-jsonl", "/nonexistent.jsonl"],
      ["--from-jsonl", "no such file"]),
-    ("surge-from-json-missing", "surge", ["--from-json", "/nonexistent.json"],
-     ["--from-json", "no such file"]),
+    ("surge-max-minutes", "surge", ["--max-minutes", "0"], ["--max-minutes", "> 0", "got 0"]),
     ("bench-from-json-not-json", "bench", ["--from-json", "{tmp}/not.json"],
      ["--from-json", "not a bench json"]),
 ]

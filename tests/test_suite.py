@@ -30,12 +30,33 @@ def test_grid_cell_is_picked_on_validation_not_test():
   assert a["steps"] == [20, None]  # Reaches the grid's val 0.90 at epoch 2; never.
 
 
+def test_grid_seeds_rerun_the_picked_cell_and_give_the_gap_to_its_mean():
+  case = suite.CASES[0]
+  grid = [dict(_rec("grid", 0.90, 0.80, peak=1e-2), case=case["name"],
+               config=dict(schedule="warmup_cosine_lamb", seed=0, peak_lr=1e-2)),
+          dict(_rec("grid", 0.85, 0.95, peak=1e-1), case=case["name"],
+               config=dict(schedule="warmup_cosine_lamb", seed=0, peak_lr=1e-1))]
+  assert suite.plan(case, ["grid_seeds"]) == []  # No grid yet: nothing to re-run.
+  runs = suite.plan(case, ["grid_seeds"], records=grid)
+  assert [(r["seed"], r["peak_lr"], r["config"]["seed"]) for r in runs] == [
+      (1, 1e-2, 1), (2, 1e-2, 2)]
+  records = grid + [_rec("grid_seeds", 0.9, 0.78, seed=1, peak=1e-2),
+                    _rec("grid_seeds", 0.9, 0.82, seed=2, peak=1e-2),
+                    _rec("grid_seeds", 0.9, 0.99, seed=1, peak=1e-1),  # Another cell.
+                    _rec("autowu", 0.89, 0.81, seed=0)]
+  s = suite.summarize(case, records)
+  assert s["methods"]["grid_seeds"]["n"] == 3
+  assert s["methods"]["grid_seeds"]["mean"] == pytest.approx(80.0)
+  assert s["methods"]["autowu"]["gap_seeds"] == pytest.approx(1.0)
+
+
 def test_every_case_plans_its_methods():
   for case in suite.CASES:
     runs = suite.plan(case, suite.METHODS)
     by = {m: [r for r in runs if r["method"] == m] for m in suite.METHODS}
     assert [r["seed"] for r in by["autowu"]] == suite.AUTOWU_SEEDS
     assert len(by["grid"]) == 12 and all(len(by[m]) == 1 for m in suite.PEERS)
+    assert by["grid_seeds"] == []  # Planned from the grid's records only.
     assert by["authors"][0]["config"]["test_every"] == "epoch"
   with pytest.raises(ValueError, match="unknown method"):
     suite.plan(suite.CASES[0], ["sgd"])
