@@ -161,31 +161,41 @@ class Workload:
     idx = np.concatenate([rng.permutation(self.n) for _ in range(-(-need // self.n))])
     return idx[:need].reshape(steps, batch_size).astype(np.int32)
 
-  @functools.partial(jax.jit, static_argnums=(0, 1))
   def chunk(self, opt: str, carry, lrs, idx):
     """Trains every LR over ``idx`` ``[evals, spc, B]``; returns carry, eval losses."""
-    make_tx = OPTIMIZERS[opt][0]
-
-    def one(lr, params, opt_state):
-      step = train.make_step(lambda p, x, y: (self.loss(p, x, y), None), make_tx(lr))
-
-      def inner(c, i):
-        p, s, _, _ = step(*c, jnp.take(self.x, i, axis=0), jnp.take(self.y, i, axis=0))
-        return (p, s), None
-
-      def outer(c, ii):
-        c, _ = jax.lax.scan(inner, c, ii)
-        return c, self.loss(c[0], *self.eval_set)
-
-      return jax.lax.scan(outer, (params, opt_state), idx)
-
-    return jax.vmap(one)(lrs, *carry)
+    return _chunk(self.graphdef, opt, carry, lrs, idx, self.x, self.y, self.eval_set)
 
   def start(self, opt: str, lrs, seed: int):
     params = self.init(seed)
     state = jax.vmap(lambda lr: OPTIMIZERS[opt][0](lr).init(params))(lrs)
     params = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(lrs), *a.shape)), params)
     return params, state
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _chunk(graphdef, opt, carry, lrs, idx, x, y, eval_set):
+  """:meth:`Workload.chunk`, with the data as arguments (not constants baked
+  into every compiled shape)."""
+  make_tx = OPTIMIZERS[opt][0]
+
+  def loss(params, xb, yb):
+    logits = nnx.merge(graphdef, params)(xb)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  def one(lr, params, opt_state):
+    step = train.make_step(lambda p, xb, yb: (loss(p, xb, yb), None), make_tx(lr))
+
+    def inner(c, i):
+      p, s, _, _ = step(*c, jnp.take(x, i, axis=0), jnp.take(y, i, axis=0))
+      return (p, s), None
+
+    def outer(c, ii):
+      c, _ = jax.lax.scan(inner, c, ii)
+      return c, loss(c[0], *eval_set)
+
+    return jax.lax.scan(outer, (params, opt_state), idx)
+
+  return jax.vmap(one)(lrs, *carry)
 
 
 def steps_to_target(curve: np.ndarray, loss0: float, spc: int, target: float) -> float:
@@ -277,11 +287,12 @@ def sweep_point(wl, cfg, opt, batch_size, seed, centre_k, loss0) -> dict[str, An
   runs = train_grid(wl, cfg, opt, batch_size, seed, ks)
   for _ in range(cfg["max_ext"]):
     kk = sorted(runs)
-    edges = {kk[int(np.argmin(best_of({k: runs[k] for k in kk}, loss0, t, cfg["per_decade"])
-                              ["steps_per_lr"]))] for t in cfg["targets"]}
-    # Extend on a side when any target's best (or no finite result) is at it.
-    lo = kk[0] in edges or all(math.isinf(s) for s in best_of(
-        runs, loss0, cfg["targets"][0], cfg["per_decade"])["steps_per_lr"])
+    steps = [np.array(best_of(runs, loss0, t, cfg["per_decade"])["steps_per_lr"])
+             for t in cfg["targets"]]
+    # Extend on a side when a reached target's best is at it (towards lower
+    # LRs when no LR reaches even the first target: they all diverged).
+    edges = {kk[int(np.argmin(st))] for st in steps if np.isfinite(st).any()}
+    lo = kk[0] in edges or not np.isfinite(steps[0]).any()
     hi = kk[-1] in edges
     new = (list(range(kk[0] - 2, kk[0])) if lo else []) + (
         list(range(kk[-1] + 1, kk[-1] + 3)) if hi else [])
@@ -619,10 +630,12 @@ def _verdict_table(an: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     moves = (f"{mv['verdict']} (B_noise {' → '.join(report.fmt(b) for b in mv['b_noise'])}; "
              f"log10 ratio last/first in {report.fmt(mv['log10_ratio_ci'][0], '+.2f')} .. "
              f"{report.fmt(mv['log10_ratio_ci'][1], '+.2f')})")
-    rows.append([OPT_LABELS[opt], fall, moves])
+    simple = ", ".join(f"{report.fmt(r['b_simple'])} vs {report.fmt(r['fits']['surge'] and r['fits']['surge']['b_noise'])}"
+                       for r in a["per_target"])
+    rows.append([OPT_LABELS[opt], fall, moves, simple])
   return report.table(["optimizer", "claim 1: the best LR falls above the peak (slope)",
-                       "claim 2: the peak moves right (surge-fit B_noise, early → late)"],
-                      rows)
+                       "claim 2: the peak moves right (surge-fit B_noise, early → late)",
+                       "B_simple vs surge-fit B_noise, per target"], rows)
 
 
 def _transfer_lines(an: dict[str, Any]) -> list[str]:
@@ -639,8 +652,23 @@ def plot(an: dict[str, Any], path: Path) -> None:
   matplotlib.use("Agg", force=True)
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
-  fig, axes = plt.subplots(len(an), 2, figsize=(13, 4.2 * len(an)), squeeze=False)
-  for (opt, a), (ax, bx) in zip(an.items(), axes):
+  fig, axes = plt.subplots(len(an), 3, figsize=(19, 4.2 * len(an)), squeeze=False)
+  for (opt, a), (ax, bx, cx) in zip(an.items(), axes):
+    ref = a["reference"]
+    if ref:
+      steps = ref["steps_per_point"] * np.arange(1, len(ref["b_simple"]) + 1)
+      cx.plot(steps, np.where(np.array(ref["b_simple"], float) > 0, ref["b_simple"], np.nan),
+              "k.-", label=f"B_simple (B={ref['batch_size']}, LR {ref['lr']:.2g})")
+      loss = np.array(ref["loss"], float)
+      for i, row in enumerate(a["per_target"]):
+        cross = _crossing(loss, steps.astype(float), row["target"])
+        f = row["fits"]["surge"]
+        if f and np.isfinite(cross):
+          cx.plot(cross, f["b_noise"], "o", color=f"C{i}", ms=8,
+                  label=f"surge-fit B_noise, loss {row['target']:g}")
+      cx.set(yscale="log", xlabel="step of the reference run", ylabel="batch size",
+             title="B_simple along training; fitted peak at each target")
+      cx.legend(fontsize=7)
     for i, row in enumerate(a["per_target"]):
       bs, m, se = (np.array(row[k], float) for k in ("batch_sizes", "mean_log_lr",
                                                         "se_log_lr"))

@@ -534,6 +534,8 @@ def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
   positives = jnp.where(is_test, jnp.where(positive, state.positives + 1, 0),
                         state.positives)
   confident = is_test & (positives >= cfg.patience)
+  if cfg.min_descent > 0.0 and cfg.warmup == 'exp':  # A minimum needs x3 of LR.
+    confident = confident & (_lr_span(cfg, state.count) >= _KNEE_SPAN)
   reached_max = state.count >= cfg.warmup_steps
   reason = jnp.select(
       [confident, is_test & knee, guard.diverged, guard.non_finite,
@@ -668,8 +670,10 @@ def autowu(
   (the paper's 1e-5 over half of it spends a third of a short budget at LRs
   that teach nothing), the restart point lies in the valley before the
   minimum (a fast warmup measures each LR for few steps, so LRs past the
-  optimum still look good), a test needs a real descent (``min_descent``) and
-  a loss spike caps the restart (``spike_factor``), and the knee rule
+  optimum still look good), a test needs a real descent (``min_descent``), no
+  confident minimum ends warmup before the LR has tripled (Adam's start-up
+  bump once did), a loss spike caps the restart (``spike_factor``), and the
+  knee rule
   (``knee_slope``, :func:`knee_outcome`) ends warmup once the LR has tripled
   past the knee of the log-loss-vs-log-LR curve and restarts at most from the
   knee: on a transformer the loss reaches a plateau early in the warmup, and
@@ -729,8 +733,10 @@ def autowu(
     min_descent: descent gate, >= 0: a test counts as positive only if the
       posterior mean falls into its minimum by more than this many noise
       std of a mean over one lengthscale of losses (see
-      :func:`minimum_test_outcome`); 0 disables it. ``None``:
-      ``DEFAULTS['min_descent']``.
+      :func:`minimum_test_outcome`), and (exponential warmup) no confident
+      minimum ends warmup before the LR has tripled from ``min_lr``: a dip in
+      the first steps is the optimizer's transient, not a minimum over LRs;
+      0 disables both. ``None``: ``DEFAULTS['min_descent']``.
     valley_level: where the restart point lies, in [0, 1): 0 is the
       posterior-mean minimum (the paper's); ``v > 0`` halfway between it and
       the entry of its valley floor (the first x within ``v`` x the drop of
