@@ -121,7 +121,8 @@ def picked_cell(case: dict[str, Any], records: Iterable[dict[str, Any]]
 
 
 def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False,
-         records: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+         records: list[dict[str, Any]] = (), grid_peaks: list[float] | None = None
+         ) -> list[dict[str, Any]]:
   """The runs of ``case`` for ``methods``: dicts with ``method`` and ``config``.
 
   ``grid_seeds`` needs the case's grid ``records`` (its cell is picked on them);
@@ -141,7 +142,9 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False,
       runs.append(dict(method=m, seed=0, config=dict(
           base, schedule=f"autowu_{fam}", seed=0, test_every="epoch", divergence_factor=None)))
     elif m == "grid":
-      peaks = GRID_PEAKS[fam][2:4] if quick else GRID_PEAKS[fam]
+      peaks = GRID_PEAKS[fam][2:4] if quick else [  # The case's peaks, exactly.
+          p for p in GRID_PEAKS[fam]
+          if grid_peaks is None or any(abs(p / q - 1.0) < 0.1 for q in grid_peaks)]
       runs += [dict(method=m, seed=0, peak_lr=p, warmup_fraction=w, config=dict(
           base, schedule=f"warmup_cosine_{fam}", seed=0, peak_lr=p, warmup_fraction=w))
           for p in peaks for w in (GRID_WARMUPS[:1] if quick else GRID_WARMUPS)]
@@ -217,14 +220,16 @@ def _load(case: dict[str, Any], cache: dict[tuple, Any]):
 
 
 def sweep(cases: list[dict[str, Any]], methods: list[str], runs_path: Path, *,
-          quick: bool = False, max_minutes: float | None = None) -> int:
+          quick: bool = False, max_minutes: float | None = None,
+          grid_peaks: list[float] | None = None) -> int:
   """Trains the missing runs of ``cases`` x ``methods``; returns how many it trained."""
   from experiments import train  # noqa: PLC0415
 
   lib = library_version()
   old = [r for r in load_runs(runs_path) if r.get("status") == "ok"]
   done = {r["key"] for r in old}
-  todo = [(c, r) for c in cases for r in plan(c, methods, quick=quick, records=old)
+  todo = [(c, r) for c in cases
+          for r in plan(c, methods, quick=quick, records=old, grid_peaks=grid_peaks)
           if _key(r, lib) not in done]
   log(f"{len(todo)} runs to train ({runs_path})")
   meta = dict(command=" ".join(["python -m experiments.suite", *sys.argv[1:]]),
@@ -308,6 +313,8 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
   best = picked_cell(case, records)
   target = _val(case, best) if best else None
   out: dict[str, Any] = {"grid_cell": best and (best["peak_lr"], best["warmup_fraction"]),
+                         "grid_cells": sorted({(r["peak_lr"], r["warmup_fraction"])
+                                               for r in records if r["method"] == "grid"}),
                          "methods": {}}
   for m in ALL_METHODS:
     rs = [best] if m == "grid" and best else [r for r in records if r["method"] == m]
@@ -362,11 +369,14 @@ def _case_lines(case: dict[str, Any], summ: dict[str, Any]) -> list[str]:
   text = _is_text(case)
   unit = "test bits/byte (lower is better)" if text else "test accuracy %"
   gap_unit = "% of grid bpb (+ = better)" if text else "pp vs grid"
-  cell = summ["grid_cell"]
+  cell, cells = summ["grid_cell"], summ["grid_cells"]
   lines = [f"### {case['name']}", "",
            f"{case['model']} + {case['family']}, batch {case['batch_size']}, "
            f"{case['epochs']} epoch(s); grid cell picked on validation: "
-           + (f"peak {cell[0]:.3g}, warmup {cell[1]:g}" if cell else "- (no grid yet)"), ""]
+           + (f"peak {cell[0]:.3g}, warmup {cell[1]:g}" if cell else "- (no grid yet)")
+           + (f" (of {len(cells)} cells: peaks "
+              f"{', '.join(f'{p:.2g}' for p in sorted({c[0] for c in cells}))})"
+              if cells else ""), ""]
   rows = []
   for m, r in summ["methods"].items():
     restart = [x for x in r["restart"] if x is not None]
@@ -545,6 +555,34 @@ def render_transformer(records: list[dict[str, Any]], out_dir: Path) -> Path | N
   return report.write(out_dir / "transformer.md", lines, final_newline=True)
 
 
+def _candidate_lines(cases: list[dict[str, Any]], runs: list[dict[str, Any]], lib: str
+                     ) -> list[str]:
+  """Decision-rule candidates measured with an earlier library version, next to
+  that version's defaults on the same case (the record of what was tried)."""
+  ok = [r for r in runs if r.get("status") == "ok" and r["method"] in ALL_METHODS
+        and _is_rule(r["method"]) and r.get("library_version") != lib]
+  tried = {(r["case"], r.get("library_version")) for r in ok if ":" in r["method"]}
+  rows = []
+  for c in cases:
+    for version in sorted({v for n, v in tried if n == c["name"]}):
+      same = [r for r in ok if r["case"] == c["name"] and r.get("library_version") == version]
+      base = [_test(c, r) for r in same if r["method"] == "autowu"]
+      for m in sorted({r["method"] for r in same if ":" in r["method"]}, key=_order):
+        vals = [_test(c, r) for r in same if r["method"] == m]
+        rows.append([c["name"], f"`{version}`",
+                     f"{np.mean(base):.3f} ({len(base)})" if base else "-",
+                     _label(m), f"{np.mean(vals):.3f} ± {np.std(vals):.3f} ({len(vals)})",
+                     ", ".join(report.fmt(r["summary"].get("restart_lr")) for r in same
+                               if r["method"] == m)])
+  if not rows:
+    return []
+  return ["## Candidates tried with earlier library versions", "",
+          "Test metric (accuracy %, or bits/byte for text), mean ± std (seeds); the "
+          "defaults of the same version on the same case for comparison.", ""] + report.table(
+      ["case", "library version", "defaults of that version", "candidate", "candidate",
+       "restart LRs"], rows) + [""]
+
+
 def render(runs_path: Path, out_dir: Path, cases: list[dict[str, Any]]) -> Path:
   """Writes ``suite.md`` and ``suite.png`` from the runs file."""
   lib = library_version()  # AutoWU runs of the current library only.
@@ -581,6 +619,7 @@ def render(runs_path: Path, out_dir: Path, cases: list[dict[str, Any]]) -> Path:
   png = out_dir / "suite.png"
   plot(cases, summs, png)
   lines += [f"Figure: `{png.name}` (gap per case; performance profile).", ""]
+  lines += _candidate_lines(cases, load_runs(runs_path), lib)
   render_transformer(records, out_dir)
   return report.write(out_dir / "suite.md", lines, final_newline=True)
 
@@ -597,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="comma-separated case names (default: all): " + ", ".join(names))
   p.add_argument("--methods", type=cli.list_of(str), default=METHODS,
                  help="comma-separated methods (default: all): " + ", ".join(METHODS))
+  p.add_argument("--grid-peaks", type=cli.list_of(cli.number(0, low_open=True)), default=None,
+                 help="run only the grid peaks within 10%% of these (default: the case's 6); "
+                      "the report lists the cells each case has")
   p.add_argument("--max-minutes", type=cli.number(0, low_open=True), default=None,
                  help="start no run after this many minutes (the rest stays for a later call)")
   p.add_argument("--report-only", action="store_true", help="only re-render the report")
@@ -621,7 +663,8 @@ def main(argv: list[str] | None = None) -> Path:
     out_dir = report.results_dir(args.out_dir, "suite", args.quick)
     runs_path = out_dir / "suite_runs.jsonl"
     if not args.report_only:
-      sweep(cases, args.methods, runs_path, quick=args.quick, max_minutes=args.max_minutes)
+      sweep(cases, args.methods, runs_path, quick=args.quick, max_minutes=args.max_minutes,
+            grid_peaks=args.grid_peaks)
     path = render(runs_path, out_dir, pool)
     log(f"wrote {path}")
     return path

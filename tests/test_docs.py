@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / 'docs'
 BUILD_BUDGET_S = 60.0
 PUBLIC_MODULES = ('gp', 'scaling', 'window')
-RESULTS = ('suite', 'transformer', 'compare', 'surge', 'bench')
+RESULTS = ('suite', 'transformer', 'compare', 'surge', 'bench', 'authors_check')
 
 
 def _missing(*modules: str) -> list[str]:

@@ -50,6 +50,13 @@ def test_grid_seeds_rerun_the_picked_cell_and_give_the_gap_to_its_mean():
   assert s["methods"]["autowu"]["gap_seeds"] == pytest.approx(1.0)
 
 
+def test_grid_peaks_select_the_cases_own_cells_exactly():
+  case = next(c for c in suite.CASES if c["family"] == "lamb")
+  runs = suite.plan(case, ["grid"], grid_peaks=[0.0032, 0.03])
+  assert sorted({r["peak_lr"] for r in runs}) == suite.GRID_PEAKS["lamb"][1:4:2]
+  assert len(runs) == 2 * len(suite.GRID_WARMUPS)
+
+
 def test_every_case_plans_its_methods():
   for case in suite.CASES:
     runs = suite.plan(case, suite.METHODS)
