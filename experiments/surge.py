@@ -537,7 +537,7 @@ FLAT = -0.25
 B_noise and 0 under the SGD law; a slope resolved above -0.25 is closer to 0."""
 
 
-PARTLY = "partly: it falls, but resolved flatter than the surge law (slope above -0.25)"
+PARTLY = "partly (falls, flatter than the surge law)"
 
 
 def _verdict_fall(row: dict[str, Any], bs: np.ndarray) -> str:
