@@ -812,7 +812,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _meta(cfg: dict[str, Any], quick: bool) -> dict[str, Any]:
-  n_params = 784 * cfg["hidden"][0] + cfg["hidden"][0] + cfg["hidden"][0] * 10 + 10
+  sizes = [784, *cfg["hidden"], 10]
+  n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))  # Dense layers with biases.
   source = "Debian dataset-fashion-mnist" if cfg["subset"] is None else "subset"
   return dict(command="python -m experiments.surge" + (" --quick" if quick else ""),
               quick=quick, n_params=n_params, source=source)

@@ -673,10 +673,9 @@ def autowu(
   optimum still look good), a test needs a real descent (``min_descent``), no
   confident minimum ends warmup before the LR has tripled (Adam's start-up
   bump once did), a loss spike caps the restart (``spike_factor``), and the
-  knee rule
-  (``knee_slope``, :func:`knee_outcome`) ends warmup once the LR has tripled
-  past the knee of the log-loss-vs-log-LR curve and restarts at most from the
-  knee: on a transformer the loss reaches a plateau early in the warmup, and
+  knee rule (``knee_slope``, :func:`knee_outcome`) ends warmup once the LR
+  has tripled past the knee of the log-loss-vs-log-LR curve and restarts at
+  most from the knee: on a transformer the loss reaches a plateau early in the warmup, and
   the LRs along the plateau look fine in the short run but leave the model
   on it for good (measured on a byte-level LM: restart 2x lower, 33 % -> 14 %
   above a tuned grid in bits per byte at batch 16). For a model whose best LR

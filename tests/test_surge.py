@@ -48,7 +48,7 @@ def _records(law, seeds=(0, 1, 2), noise=0.05, spread=None):
   return recs
 
 
-CFG = dict(targets=TARGETS, seeds=(0, 1, 2), per_decade=PER_DECADE, bootstrap=100)
+CFG = dict(targets=TARGETS, seeds=(0, 1, 2), per_decade=PER_DECADE, bootstrap=60)
 
 
 def test_analysis_says_holds_for_a_surge_law_and_recovers_its_peak():
