@@ -199,9 +199,10 @@ def _chunk(graphdef, opt, carry, lrs, idx, x, y, eval_set):
   return jax.vmap(one)(lrs, *carry)
 
 
-def steps_to_target(curve: np.ndarray, loss0: float, spc: int, target: float) -> float:
-  """First (linearly interpolated) step at which the measured loss <= target."""
-  c = np.concatenate([[loss0], np.asarray(curve, np.float64)])
+def first_crossing(curve: np.ndarray, target: float) -> float:
+  """Fractional index at which ``curve`` first reaches ``<= target`` (linear
+  between its points); ``inf`` when it never does."""
+  c = np.asarray(curve, np.float64)
   ok = np.isfinite(c) & (c <= target)
   if not ok.any():
     return math.inf
@@ -209,7 +210,12 @@ def steps_to_target(curve: np.ndarray, loss0: float, spc: int, target: float) ->
   if j == 0:
     return 0.0
   frac = (c[j - 1] - target) / (c[j - 1] - c[j]) if np.isfinite(c[j - 1]) else 1.0
-  return float(spc * (j - 1 + frac))
+  return float(j - 1 + frac)
+
+
+def steps_to_target(curve: np.ndarray, loss0: float, spc: int, target: float) -> float:
+  """First (linearly interpolated) step at which the measured loss <= target."""
+  return spc * first_crossing(np.concatenate([[loss0], np.asarray(curve, np.float64)]), target)
 
 
 def schedule(cfg: dict[str, Any], batch_size: int) -> tuple[int, int]:
@@ -458,16 +464,12 @@ def _ci(a, lo=2.5, hi=97.5) -> list[float]:
 
 
 def _crossing(loss: np.ndarray, values: np.ndarray, target: float) -> float:
-  """``values`` at the first measurement where ``loss`` <= target (interpolated in log)."""
-  ok = np.isfinite(loss) & (loss <= target)
-  if not ok.any():
+  """``values`` where ``loss`` first reaches ``target`` (interpolated in log)."""
+  x = first_crossing(loss, target)
+  if math.isinf(x):
     return math.nan
-  j = int(np.argmax(ok))
-  v = np.log(np.clip(values, 1e-12, None))
-  if j == 0:
-    return float(np.exp(v[0]))
-  f = (loss[j - 1] - target) / (loss[j - 1] - loss[j])
-  return float(np.exp(v[j - 1] + f * (v[j] - v[j - 1])))
+  v = np.log(np.clip(np.asarray(values, np.float64), 1e-12, None))
+  return float(np.exp(np.interp(x, np.arange(len(v)), v)))
 
 
 def analyze(cfg: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
