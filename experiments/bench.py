@@ -57,6 +57,8 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -610,7 +612,8 @@ def summarize(res):
   return lines
 
 
-def write_report(res, path_md):
+def _page_head(res: dict[str, Any]) -> list[str]:
+  """Title, command, machine and the summary."""
   m = res['machine']
   out = report.header('AutoWU scheduler cost (`experiments/bench.py`)')
   add = out.append
@@ -636,7 +639,13 @@ def write_report(res, path_md):
   for line in summarize(res):
     add('* ' + line)
   add('')
+  return out
 
+
+def _steps_section(res: dict[str, Any]) -> list[str]:
+  """Section 1: per-step overhead."""
+  out: list[str] = []
+  add = out.append
   add('## 1. Per-step overhead: LAMB (constant LR) vs LAMB + AutoWU')
   add('')
   add('Jitted NNX train step, variants interleaved step by step; the AutoWU '
@@ -667,7 +676,13 @@ def write_report(res, path_md):
         s['loadavg_after'][0] if s['loadavg_after'] else '?']
        for s in res['steps']])
   add('')
+  return out
 
+
+def _transfers_section(res: dict[str, Any]) -> list[str]:
+  """Section 2: zero host transfers."""
+  out: list[str] = []
+  add = out.append
   add('## 2. Zero host transfers')
   add('')
   out += report.table(
@@ -686,7 +701,13 @@ def write_report(res, path_md):
         f'{s["hlo"]["entry_instructions_autowu"]} '
         f'({s["hlo"]["entry_fusions_autowu"]})'] for s in res['steps']])
   add('')
+  return out
 
+
+def _update_section(res: dict[str, Any]) -> list[str]:
+  """Section 3: the update alone."""
+  out: list[str] = []
+  add = out.append
   add('## 3. The update alone')
   add('')
   add('`jax.jit(tx.update)` with the state donated, 4-element parameter.')
@@ -698,7 +719,13 @@ def write_report(res, path_md):
         r['state_leaves'], r['entry_instructions'], r['entry_fusions'],
         r['conditionals']] for r in res['update']])
   add('')
+  return out
 
+
+def _latency_section(res: dict[str, Any]) -> list[str]:
+  """Section 4: minimum-test latency."""
+  out: list[str] = []
+  add = out.append
   lat = res['latency']
   add('## 4. Minimum-test latency (`jax.jit(gp.minimum_test)`, full window)')
   add('')
@@ -724,7 +751,13 @@ def write_report(res, path_md):
       f'{k}: {v:.2f}' for k, v in lat['exponents'].items() if v is not None)
       + '.')
   add('')
+  return out
 
+
+def _epoch_section(res: dict[str, Any]) -> list[str]:
+  """Section 5: scheduler cost per epoch."""
+  out: list[str] = []
+  add = out.append
   add('## 5. Scheduler cost per epoch (MLP, default cadence)')
   add('')
   add('Measured = (steps x non-test ratio + tests x test-step ratio) / '
@@ -740,6 +773,15 @@ def write_report(res, path_md):
         f'{100 * r["fraction_test_latency"]:.3f}%']
        for r in res['epoch_fractions']])
   add('')
+  return out
+
+
+def write_report(res: dict[str, Any], path_md: str | Path) -> None:
+  """Writes ``bench.md`` from the results ``res`` (the contents of ``bench.json``)."""
+  out: list[str] = []
+  for section in (_page_head, _steps_section, _transfers_section, _update_section,
+                  _latency_section, _epoch_section):
+    out += section(res)
   report.write(path_md, out)
 
 

@@ -72,6 +72,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "valley05": {"valley_level": 0.5},
     "minlr1e4": {"min_lr": 1e-4},
     "minlr1e5": {"min_lr": 1e-5},
+    "minlr3e4": {"min_lr": 3e-4},
+    "mwf05": {"max_warmup_fraction": 0.5},
+    "kneex2": {"knee_ratio": 2.0},
+    "lr3e4after10": {"min_lr": 3e-4, "minimum_after": 10.0},
+    "lr3e4after30": {"min_lr": 3e-4, "minimum_after": 30.0},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]

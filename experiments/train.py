@@ -835,6 +835,174 @@ def _switch_and_posterior(s: Setup, plot: bool) -> tuple[dict[str, Any], dict | 
   return switch, posterior
 
 
+class _Outputs(NamedTuple):
+  hist: dict[str, list]
+  epoch_rows: list[dict[str, Any]]
+  start_epoch: int
+  prior_time: float
+  ckpt: _Checkpointer | None
+  tb: _TB
+  metrics_path: Path
+  epochs_path: Path
+
+
+def _open_outputs(cfg: TrainConfig, s: Setup, out_dir: Path, log: Callable[..., None]
+                  ) -> _Outputs:
+  """Opens the run's files, checkpoints (resuming if asked) and TensorBoard writer."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  metrics_path, epochs_path = out_dir / "metrics.jsonl", out_dir / "epochs.jsonl"
+  # History (host numpy, filled once per epoch).
+  hist: dict[str, list] = {k: [] for k in ("step", "loss", "lr", "phase", "probability")}
+  epoch_rows: list[dict[str, Any]] = []
+  old_rows: list[dict[str, Any]] = []
+  start_epoch = 0
+  prior_time = 0.0
+  ckpt = _Checkpointer(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+  if ckpt is not None and not cfg.resume and ckpt.manager.latest_step() is not None:
+    ckpt.close()
+    raise cli.UsageError(f"argument --checkpoint-dir: {cfg.checkpoint_dir} already holds "
+                         "checkpoints: pass --resume to continue that run, or choose "
+                         "another --checkpoint-dir")
+  if ckpt is not None and cfg.resume:
+    start_epoch, prior_time, old_rows, epoch_rows = _resume(
+        s, ckpt, hist, metrics_path, epochs_path, log)
+  # Start the files afresh (after a resume: rewritten up to the restored point).
+  _write_jsonl(metrics_path, old_rows, mode="w")
+  _write_jsonl(epochs_path, epoch_rows, mode="w")
+  tb = _TB(out_dir / "tb" if cfg.tensorboard else None)
+  return _Outputs(hist, epoch_rows, start_epoch, prior_time, ckpt, tb, metrics_path,
+                  epochs_path)
+
+
+class _EpochRecorder:
+  """``fit``'s per-epoch callback: step and epoch rows to jsonl, TensorBoard, log, checkpoint."""
+
+  def __init__(self, cfg: TrainConfig, s: Setup, hist: dict[str, list],
+               epoch_rows: list[dict[str, Any]], metrics_path: Path, epochs_path: Path,
+               tb: _TB, ckpt: _Checkpointer | None, log: Callable[..., None],
+               t_train: float, prior_time: float):
+    self.cfg, self.s, self.hist, self.epoch_rows = cfg, s, hist, epoch_rows
+    self.metrics_path, self.epochs_path, self.tb, self.ckpt = metrics_path, epochs_path, tb, ckpt
+    self.log, self.t_train, self.prior_time = log, t_train, prior_time
+
+  def _steps(self, r: EpochResult) -> None:
+    arr, first, tb, info = r.rows, r.first_step, self.tb, self.s.info
+    steps = list(range(first, first + len(arr)))
+    step_rows = []
+    for st, (loss, lr, phase, prob) in zip(steps, arr):
+      step_rows.append({"step": st, "epoch": r.epoch, "loss": _finite_or_none(loss),
+                        "lr": _finite_or_none(lr), "phase": int(phase),
+                        "probability": _finite_or_none(prob)})
+      tb.scalar("train/loss", loss, st)
+      tb.scalar(f"train/{info.lr_label}", lr, st)
+      if info.is_autowu:
+        tb.scalar("autowu/phase", phase, st)
+        tb.scalar("autowu/probability", prob, st)
+    _write_jsonl(self.metrics_path, step_rows)
+    self.hist["step"] += steps
+    for j, k in enumerate(("loss", "lr", "phase", "probability")):
+      self.hist[k] += arr[:, j].tolist()
+
+  def _epoch(self, r: EpochResult) -> dict[str, Any]:
+    arr, end = r.rows, r.first_step + len(r.rows)
+    train_loss = float(np.nanmean(arr[:, 0])) if np.isfinite(arr[:, 0]).any() else None
+    erow = {"epoch": r.epoch, "step": end, "test_accuracy": r.test_accuracy,
+            "test_loss": _finite_or_none(r.test_loss), "train_loss": train_loss,
+            "val_accuracy": r.val_accuracy,
+            "val_loss": None if r.val_loss is None else _finite_or_none(r.val_loss),
+            "epoch_time_s": r.seconds}
+    self.epoch_rows.append(erow)
+    _write_jsonl(self.epochs_path, [erow])
+    for split in ("test", "val"):
+      if erow[f"{split}_accuracy"] is not None:
+        self.tb.scalar(f"{split}/accuracy", erow[f"{split}_accuracy"], end)
+        self.tb.scalar(f"{split}/loss", r.test_loss if split == "test" else r.val_loss, end)
+    return erow
+
+  def _log(self, r: EpochResult, train_loss: float | None) -> None:
+    info = self.s.info
+    lr_last, phase_last, prob_last = r.rows[-1, 1], r.rows[-1, 2], r.rows[-1, 3]
+    extra = f" | {_fmt_phase(phase_last)} p={prob_last:.2f}" if info.is_autowu else ""
+    tl = train_loss if train_loss is not None else float("nan")
+    val_s = ("" if r.val_loss is None else
+             f"val acc {r.val_accuracy:.4f} loss {r.val_loss:.4f} | ")
+    self.log(f"epoch {r.epoch + 1:3d}/{self.cfg.epochs} | loss {tl:.4f} | {val_s}"
+             f"test acc {r.test_accuracy:.4f} loss {r.test_loss:.4f} | {info.lr_label} "
+             f"{report.fmt(lr_last, nan='-')}{extra} | {r.seconds:.1f}s")
+
+  def __call__(self, r: EpochResult) -> None:
+    self._steps(r)
+    erow = self._epoch(r)
+    self._log(r, erow["train_loss"])
+    if self.ckpt is not None:
+      s = self.s
+      self.ckpt.save(r.epoch + 1, s.model_state, s.opt_state,
+                     {"epoch": r.epoch + 1, "schedule": s.schedule,
+                      "total_steps": s.total_steps,
+                      "train_time_s": self.prior_time + time.perf_counter() - self.t_train})
+
+
+def _summary(cfg: TrainConfig, s: Setup, dataset: data_lib.Dataset,
+             epoch_rows: list[dict[str, Any]], switch: dict[str, Any], out_dir: Path,
+             **times: float) -> dict[str, Any]:
+  """The contents of ``summary.json`` (``times``: wall, compile and total seconds)."""
+  accs = [r["test_accuracy"] for r in epoch_rows]
+  last = epoch_rows[-1] if epoch_rows else {}
+  summary: dict[str, Any] = {
+      "schedule": s.schedule,
+      "model": cfg.model,
+      "dataset": dataset.name,
+      "dataset_source": dataset.source,
+      "n_train": s.n_train,
+      "n_test": len(dataset.test_x),
+      "final_test_accuracy": accs[-1] if accs else None,
+      "best_test_accuracy": max(accs) if accs else None,
+      "final_test_loss": last.get("test_loss"),
+      "final_train_loss": last.get("train_loss"),
+      "final_val_accuracy": last.get("val_accuracy"),
+      "final_val_loss": last.get("val_loss"),
+      "n_val": 0 if dataset.val_x is None else len(dataset.val_x),
+      **switch,
+      **times,
+      "steps_per_epoch": s.steps_per_epoch,
+      "total_steps": s.total_steps,
+      "opt_state_bytes": _state_bytes(s.opt_state),
+      "needs_value": s.needs_value,
+      "lr_label": s.info.lr_label,
+      "schedule_hparams": s.info.hparams,
+      "backend": jax.default_backend(),
+      "test_accuracy_per_epoch": accs,
+      "val_accuracy_per_epoch": [r["val_accuracy"] for r in epoch_rows],
+      "test_loss_per_epoch": [r["test_loss"] for r in epoch_rows],
+      "val_loss_per_epoch": [r["val_loss"] for r in epoch_rows],
+      "out_dir": str(out_dir),
+      "args": dataclasses.asdict(cfg),
+  }
+  if dataset.is_text:  # Byte-level: nats per byte -> bits per byte.
+    for split in ("test", "val"):
+      loss = summary[f"final_{split}_loss"]
+      summary[f"final_{split}_bpb"] = None if loss is None else loss / math.log(2)
+    summary["final_test_perplexity"] = (None if summary["final_test_loss"] is None
+                                        else math.exp(summary["final_test_loss"]))
+  return summary
+
+
+def _final_line(summary: dict[str, Any], switch: dict[str, Any], is_autowu: bool,
+                is_text: bool) -> str:
+  """The one line ``run`` prints at the end."""
+  sw = (f"switch step {switch['switch_step']} | restart LR "
+        f"{report.fmt(switch['restart_lr'], nan='-')} | {switch['switch_reason']}"
+        if is_autowu else "no switch (not AutoWU)")
+  final_acc = summary["final_test_accuracy"]
+  acc_s = f"{final_acc:.4f}" if final_acc is not None else "-"
+  if is_text and summary["final_test_bpb"] is not None:
+    acc_s = (f"{summary['final_test_bpb']:.4f} bits/byte (perplexity "
+             f"{summary['final_test_perplexity']:.3f}, next-byte accuracy {acc_s})")
+  metric = "test loss" if is_text else "test accuracy"
+  return (f"[{summary['schedule']}] final {metric} {acc_s} | {sw} | wall time "
+          f"{summary['wall_time_s']:.1f}s | {summary['out_dir']}")
+
+
 def run(
     config: TrainConfig | dict[str, Any] | None = None,
     dataset: data_lib.Dataset | None = None,
@@ -866,132 +1034,29 @@ def run(
   if not prepared:
     dataset = _prepare(dataset, cfg)
   s = setup(cfg, dataset)
-  schedule, info, steps_per_epoch = s.schedule, s.info, s.steps_per_epoch
-  is_autowu = info.is_autowu
-
   out_dir = cfg.resolved_out_dir()
-  out_dir.mkdir(parents=True, exist_ok=True)
-  metrics_path, epochs_path = out_dir / "metrics.jsonl", out_dir / "epochs.jsonl"
-
-  # History (host numpy, filled once per epoch).
-  hist: dict[str, list] = {k: [] for k in ("step", "loss", "lr", "phase", "probability")}
-  epoch_rows: list[dict[str, Any]] = []
-  old_rows: list[dict[str, Any]] = []
-  start_epoch = 0
-  prior_time = 0.0
-  ckpt = _Checkpointer(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-  if ckpt is not None and not cfg.resume and ckpt.manager.latest_step() is not None:
-    ckpt.close()
-    raise cli.UsageError(f"argument --checkpoint-dir: {cfg.checkpoint_dir} already holds "
-                         "checkpoints: pass --resume to continue that run, or choose "
-                         "another --checkpoint-dir")
-  if ckpt is not None and cfg.resume:
-    start_epoch, prior_time, old_rows, epoch_rows = _resume(
-        s, ckpt, hist, metrics_path, epochs_path, log)
-  # Start the files afresh (after a resume: rewritten up to the restored point).
-  _write_jsonl(metrics_path, old_rows, mode="w")
-  _write_jsonl(epochs_path, epoch_rows, mode="w")
-  tb = _TB(out_dir / "tb" if cfg.tensorboard else None)
-
+  out = _open_outputs(cfg, s, out_dir, log)
+  hist, epoch_rows, ckpt = out.hist, out.epoch_rows, out.ckpt
+  schedule, info, steps_per_epoch = s.schedule, s.info, s.steps_per_epoch
   n_val = 0 if dataset.val_x is None else len(dataset.val_x)
   log(f"{schedule} | {cfg.model} | {dataset.name} ({dataset.source}) | "
       f"{s.n_train} train / {n_val} val / {len(dataset.test_x)} test | batch {cfg.batch_size} | "
       f"{cfg.epochs} epochs x {steps_per_epoch} steps | {jax.default_backend()}")
 
   t_train = time.perf_counter()
-
-  def on_epoch(r: EpochResult) -> None:
-    arr, first, epoch = r.rows, r.first_step, r.epoch
-    steps = list(range(first, first + len(arr)))
-    step_rows = []
-    for st, (loss, lr, phase, prob) in zip(steps, arr):
-      step_rows.append({"step": st, "epoch": epoch, "loss": _finite_or_none(loss),
-                        "lr": _finite_or_none(lr), "phase": int(phase),
-                        "probability": _finite_or_none(prob)})
-      tb.scalar("train/loss", loss, st)
-      tb.scalar(f"train/{info.lr_label}", lr, st)
-      if is_autowu:
-        tb.scalar("autowu/phase", phase, st)
-        tb.scalar("autowu/probability", prob, st)
-    _write_jsonl(metrics_path, step_rows)
-    hist["step"] += steps
-    for j, k in enumerate(("loss", "lr", "phase", "probability")):
-      hist[k] += arr[:, j].tolist()
-    acc, test_loss = r.test_accuracy, r.test_loss
-    train_loss = float(np.nanmean(arr[:, 0])) if np.isfinite(arr[:, 0]).any() else None
-    erow = {"epoch": epoch, "step": first + len(arr), "test_accuracy": acc,
-            "test_loss": _finite_or_none(test_loss), "train_loss": train_loss,
-            "val_accuracy": r.val_accuracy,
-            "val_loss": None if r.val_loss is None else _finite_or_none(r.val_loss),
-            "epoch_time_s": r.seconds}
-    epoch_rows.append(erow)
-    _write_jsonl(epochs_path, [erow])
-    for split in ("test", "val"):
-      if erow[f"{split}_accuracy"] is not None:
-        tb.scalar(f"{split}/accuracy", erow[f"{split}_accuracy"], first + len(arr))
-        tb.scalar(f"{split}/loss", r.test_loss if split == "test" else r.val_loss,
-                  first + len(arr))
-    lr_last, phase_last, prob_last = arr[-1, 1], arr[-1, 2], arr[-1, 3]
-    extra = f" | {_fmt_phase(phase_last)} p={prob_last:.2f}" if is_autowu else ""
-    tl = train_loss if train_loss is not None else float("nan")
-    val_s = ("" if r.val_loss is None else
-             f"val acc {r.val_accuracy:.4f} loss {r.val_loss:.4f} | ")
-    log(f"epoch {epoch + 1:3d}/{cfg.epochs} | loss {tl:.4f} | {val_s}"
-        f"test acc {acc:.4f} loss {test_loss:.4f} | {info.lr_label} "
-        f"{report.fmt(lr_last, nan='-')}{extra} | {r.seconds:.1f}s")
-    if ckpt is not None:
-      ckpt.save(epoch + 1, s.model_state, s.opt_state,
-                {"epoch": epoch + 1, "schedule": schedule, "total_steps": s.total_steps,
-                 "train_time_s": prior_time + time.perf_counter() - t_train})
-
-  compile_s = fit(s, start_epoch=start_epoch, on_epoch=on_epoch)
+  rec = _EpochRecorder(cfg, s, hist, epoch_rows, out.metrics_path, out.epochs_path, out.tb,
+                       ckpt, log, t_train, out.prior_time)
+  compile_s = fit(s, start_epoch=out.start_epoch, on_epoch=rec)
   if ckpt is not None:
     ckpt.close()
-  train_time = prior_time + time.perf_counter() - t_train
-  tb.close()
+  train_time = out.prior_time + time.perf_counter() - t_train
+  out.tb.close()
 
   switch, posterior = _switch_and_posterior(s, plot=cfg.plot)
   accs = [r["test_accuracy"] for r in epoch_rows]
-  final_acc = accs[-1] if accs else None
-  last = epoch_rows[-1] if epoch_rows else {}
-  summary: dict[str, Any] = {
-      "schedule": schedule,
-      "model": cfg.model,
-      "dataset": dataset.name,
-      "dataset_source": dataset.source,
-      "n_train": s.n_train,
-      "n_test": len(dataset.test_x),
-      "final_test_accuracy": final_acc,
-      "best_test_accuracy": max(accs) if accs else None,
-      "final_test_loss": last.get("test_loss"),
-      "final_train_loss": last.get("train_loss"),
-      "final_val_accuracy": last.get("val_accuracy"),
-      "final_val_loss": last.get("val_loss"),
-      "n_val": 0 if dataset.val_x is None else len(dataset.val_x),
-      **switch,
-      "wall_time_s": train_time,
-      "compile_time_s": compile_s,
-      "total_time_s": time.perf_counter() - t_start,
-      "steps_per_epoch": steps_per_epoch,
-      "total_steps": s.total_steps,
-      "opt_state_bytes": _state_bytes(s.opt_state),
-      "needs_value": s.needs_value,
-      "lr_label": info.lr_label,
-      "schedule_hparams": info.hparams,
-      "backend": jax.default_backend(),
-      "test_accuracy_per_epoch": accs,
-      "val_accuracy_per_epoch": [r["val_accuracy"] for r in epoch_rows],
-      "test_loss_per_epoch": [r["test_loss"] for r in epoch_rows],
-      "val_loss_per_epoch": [r["val_loss"] for r in epoch_rows],
-      "out_dir": str(out_dir),
-      "args": dataclasses.asdict(cfg),
-  }
-  if dataset.is_text:  # Byte-level: nats per byte -> bits per byte.
-    for split in ("test", "val"):
-      loss = summary[f"final_{split}_loss"]
-      summary[f"final_{split}_bpb"] = None if loss is None else loss / math.log(2)
-    summary["final_test_perplexity"] = (None if summary["final_test_loss"] is None
-                                        else math.exp(summary["final_test_loss"]))
+  summary = _summary(cfg, s, dataset, epoch_rows, switch, out_dir,
+                     wall_time_s=train_time, compile_time_s=compile_s,
+                     total_time_s=time.perf_counter() - t_start)
   if cfg.plot:
     try:
       _plot(out_dir / "summary.png", summary, hist, accs, posterior, info.lr_label)
@@ -1001,16 +1066,7 @@ def run(
   with open(out_dir / "summary.json", "w") as f:
     json.dump(summary, f, indent=2, default=str)
 
-  sw = (f"switch step {switch['switch_step']} | restart LR "
-        f"{report.fmt(switch['restart_lr'], nan='-')} | {switch['switch_reason']}"
-        if is_autowu else "no switch (not AutoWU)")
-  acc_s = f"{final_acc:.4f}" if final_acc is not None else "-"
-  if dataset.is_text and summary["final_test_bpb"] is not None:
-    acc_s = (f"{summary['final_test_bpb']:.4f} bits/byte (perplexity "
-             f"{summary['final_test_perplexity']:.3f}, next-byte accuracy {acc_s})")
-  metric = "test loss" if dataset.is_text else "test accuracy"
-  print(f"[{schedule}] final {metric} {acc_s} | {sw} | wall time {train_time:.1f}s "
-        f"| {out_dir}")
+  print(_final_line(summary, switch, info.is_autowu, dataset.is_text))
 
   result = dict(summary)
   result["history"] = {**{k: list(v) for k, v in hist.items()},

@@ -62,14 +62,13 @@ _TESTS_PER_WARMUP = 40
 # values, which the authors' rule (tests once an epoch, no guard) keeps.
 DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, min_descent=3.0,
                 valley_level=0.05, restart_fraction=1.0, spike_factor=1.3,
-                knee_slope=0.3)
+                knee_slope=0.3, knee_ratio=2.0, minimum_after=3.0)
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, min_descent=0.0,
                valley_level=0.0, restart_fraction=1.0, spike_factor=math.inf,
-               knee_slope=0.0)
-# The knee rule: warmup ends once the LR has tripled past the knee (the last
-# LR before the minimum where the log loss still fell by ``knee_slope`` per
-# decade of LR), if the log loss had fallen by 0.1 before the knee.
-_KNEE_SPAN = math.log(3.0)
+               knee_slope=0.0, knee_ratio=3.0, minimum_after=1.0)
+# The knee rule: warmup ends once the LR is ``knee_ratio`` x the knee's (the
+# last LR before the minimum where the log loss still fell by ``knee_slope``
+# per decade of LR), if the log loss had fallen by 0.1 before the knee.
 _KNEE_DROP = 0.1
 # The spike test: a loss this many noise scales above the smallest smoothed
 # loss (noise scale: EMA of |successive loss differences|, ~1.13 noise std).
@@ -115,8 +114,10 @@ class AutoWUState(NamedTuple):
     knee_slope: float32, the knee rule's slope (0: off).
     log_lr_range: float32, ``log(max_lr / min_lr)`` of the exponential
       warmup (0 for the linear one, which has no knee rule).
+    minimum_after: float32, no confident minimum and no knee before the LR
+      is this many times ``min_lr``.
 
-  The last nine are constants of the transformation, kept so that
+  The last ten are constants of the transformation, kept so that
   :func:`loss_curve_posterior` reproduces a decision from the state alone and
   :func:`check_restored` can tell a checkpoint made for another budget.
   """
@@ -145,6 +146,7 @@ class AutoWUState(NamedTuple):
   valley_level: jax.Array
   knee_slope: jax.Array
   log_lr_range: jax.Array
+  minimum_after: jax.Array
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -208,6 +210,8 @@ class _Config(NamedTuple):
   restart_fraction: float
   spike_factor: float | None
   knee_slope: float
+  knee_ratio: float
+  minimum_after: float
 
 
 def default_test_every(total_steps: int, steps_per_epoch: int,
@@ -430,7 +434,8 @@ def minimum_test_outcome(result: gp.MinimumTestResult,
 
 
 def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
-                 lr_span: jax.Array) -> tuple[jax.Array, jax.Array]:
+                 lr_span: jax.Array, knee_ratio: float = 2.0,
+                 minimum_after: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """``(passed, position)``: the knee of the warmup's loss-vs-LR curve.
 
   On the exponential warmup, ``x`` is linear in log LR: ``lr_span`` is
@@ -438,8 +443,8 @@ def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
   posterior-mean minimum where the log loss still falls by at least
   ``knee_slope`` per decade of LR; past it the curve is nearly flat, and
   the LRs there teach little more in the short run but may harm the long run
-  (a transformer left on its plateau). ``passed``: the LR has tripled past
-  the knee and the log loss fell by 0.1 before it (no knee on a flat start,
+  (a transformer left on its plateau). ``passed``: the LR is ``knee_ratio``
+  x the knee's and the log loss fell by 0.1 before it (no knee on a flat start,
   nor for losses that are not all positive). ``position``: the knee's ``x``
   (1 when there is none).
 
@@ -447,6 +452,9 @@ def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
     result: the :class:`~optax_autolr.gp.MinimumTestResult` of the window.
     knee_slope: see :func:`autowu`.
     lr_span: ``log`` of the LR range the window spans.
+    knee_ratio: see :func:`autowu`.
+    minimum_after: a knee at an LR below ``minimum_after`` x the window's
+      first LR is the optimizer's start-up drop, not a knee over LRs: none.
 
   Returns:
     ``(passed, position)``: a bool and a float32 scalar.
@@ -458,16 +466,18 @@ def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
   index = jnp.arange(m.shape[0])
   steep = (slope >= knee_slope) & (index <= jnp.argmin(m))
   k = jnp.max(jnp.where(steep, index, -1))
-  found = jnp.all(m > 0) & (k >= 0) & (lr_span > 0)
-  k = jnp.maximum(k, 0)
-  passed = (found & ((1.0 - x[k]) * lr_span >= _KNEE_SPAN)
+  k_pos = jnp.maximum(k, 0)
+  found = (jnp.all(m > 0) & (k >= 0) & (lr_span > 0)
+           & (x[k_pos] * lr_span >= math.log(minimum_after)))
+  k = k_pos
+  passed = (found & ((1.0 - x[k]) * lr_span >= math.log(knee_ratio))
             & (log_m[0] - log_m[k] >= _KNEE_DROP))
   return passed, jnp.where(found, x[k], 1.0).astype(jnp.float32)
 
 
 def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
-              min_descent, valley_level, knee_slope
-              ) -> tuple[gp.MinimumTestResult, jax.Array]:
+              min_descent, valley_level, knee_slope, knee_ratio=2.0,
+              minimum_after=1.0) -> tuple[gp.MinimumTestResult, jax.Array]:
   """The test as the update runs it.
 
   Returns:
@@ -483,7 +493,9 @@ def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
       valley_level=valley_level)
   knee = jnp.zeros((), bool)
   if knee_slope > 0.0:
-    knee, x_knee = knee_outcome(result, knee_slope=knee_slope, lr_span=lr_span)
+    knee, x_knee = knee_outcome(result, knee_slope=knee_slope, lr_span=lr_span,
+                                knee_ratio=knee_ratio,
+                                minimum_after=minimum_after)
     position = jnp.minimum(position, x_knee)
   return result._replace(probability=probability, argmin=position), knee
 
@@ -491,7 +503,7 @@ def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
 # Eager callers (plots, logging) compile once per set of constants.
 _jit_test = jax.jit(_run_test, static_argnames=(
     'lengthscale', 'grid_size', 'noise_floor', 'min_descent', 'valley_level',
-    'knee_slope'))
+    'knee_slope', 'knee_ratio', 'minimum_after'))
 
 
 def _lr_span(cfg: _Config, t_data) -> jax.Array:
@@ -508,7 +520,8 @@ def _test_branch(cfg: _Config, window, t_data, probability, argmin):
       window, t_data, _lr_span(cfg, t_data), lengthscale=cfg.lengthscale,
       grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
       min_descent=cfg.min_descent, valley_level=cfg.valley_level,
-      knee_slope=cfg.knee_slope if cfg.warmup == 'exp' else 0.0)
+      knee_slope=cfg.knee_slope if cfg.warmup == 'exp' else 0.0,
+      knee_ratio=cfg.knee_ratio, minimum_after=cfg.minimum_after)
   return result.probability, result.argmin, knee
 
 
@@ -534,8 +547,9 @@ def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
   positives = jnp.where(is_test, jnp.where(positive, state.positives + 1, 0),
                         state.positives)
   confident = is_test & (positives >= cfg.patience)
-  if cfg.min_descent > 0.0 and cfg.warmup == 'exp':  # A minimum needs x3 of LR.
-    confident = confident & (_lr_span(cfg, state.count) >= _KNEE_SPAN)
+  if cfg.minimum_after > 1.0 and cfg.warmup == 'exp':
+    confident = confident & (
+        _lr_span(cfg, state.count) >= math.log(cfg.minimum_after))
   reached_max = state.count >= cfg.warmup_steps
   reason = jnp.select(
       [confident, is_test & knee, guard.diverged, guard.non_finite,
@@ -628,6 +642,8 @@ def autowu(
     restart_fraction: float | None = None,
     spike_factor: float | None = None,
     knee_slope: float | None = None,
+    knee_ratio: float | None = None,
+    minimum_after: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Automated learning-rate warmup and decay driven by the training loss.
 
@@ -671,15 +687,16 @@ def autowu(
   that teach nothing), the restart point lies in the valley before the
   minimum (a fast warmup measures each LR for few steps, so LRs past the
   optimum still look good), a test needs a real descent (``min_descent``), no
-  confident minimum ends warmup before the LR has tripled (Adam's start-up
-  bump once did), a loss spike caps the restart (``spike_factor``), and the
-  knee rule (``knee_slope``, :func:`knee_outcome`) ends warmup once the LR
-  has tripled past the knee of the log-loss-vs-log-LR curve and restarts at
-  most from the knee: on a transformer the loss reaches a plateau early in the warmup, and
-  the LRs along the plateau look fine in the short run but leave the model
-  on it for good (measured on a byte-level LM: restart 2x lower, 33 % -> 14 %
-  above a tuned grid in bits per byte at batch 16). For a model whose best LR
-  is below ~3e-3, pass a smaller ``min_lr``.
+  confident minimum ends warmup before the LR has tripled
+  (``minimum_after``; Adam's start-up bump once did), a loss spike caps the
+  restart (``spike_factor``), and the knee rule (``knee_slope``,
+  :func:`knee_outcome`) ends warmup once the LR has doubled past the knee of
+  the log-loss-vs-log-LR curve (``knee_ratio``) and restarts at most from
+  the knee: on a transformer the loss reaches a plateau early in the warmup,
+  and the LRs along the plateau look fine in the short run but leave the
+  model on it for good (measured on a byte-level LM: restart 2x lower, 33 %
+  -> 9 % above a tuned grid in bits per byte at batch 16). For a model whose
+  best LR is below ~3e-3, pass a smaller ``min_lr``.
 
   **Short budgets.** Testing once an epoch, as the authors do, lets the LR grow
   by x30 or more between the true minimum and the switch when the budget is
@@ -694,16 +711,11 @@ def autowu(
   test_every=steps_per_epoch, divergence_factor=None)``.
 
   **Non-finite losses** (NaN, +-Inf, magnitude above 1e15) never enter the
-  window, the guard's EMA or the GP, so the state stays finite. With the
-  guard on, the first one in warmup ends warmup (``NON_FINITE``), restarting
-  from the GP minimum, at most from the LR of two steps before; with
-  ``divergence_factor=None`` they are skipped. After the switch the decay is
-  a fixed schedule. The minimum test standardizes the losses (it is invariant
-  to a shift and a positive scale); the guard and the knee rule (which reads
-  the log of the smoothed loss: invariant to scale, off when a loss is not
-  positive) assume a loss whose zero means something (cross-entropy, MSE).
-  Checkpoints, data parallelism, gradient
-  accumulation and ``inject_hyperparams`` are covered in the user guide.
+  window, the guard's EMA or the GP; with the guard on, the first one in
+  warmup ends it (``NON_FINITE``). The guard and the knee rule assume a loss
+  whose zero means something (cross-entropy, MSE). Non-finite losses,
+  checkpoints, data parallelism, gradient accumulation and
+  ``inject_hyperparams`` are covered in the user guide (``docs/guide``).
 
   Args:
     total_steps: T, the total number of updates (steps_per_epoch x epochs),
@@ -732,10 +744,8 @@ def autowu(
     min_descent: descent gate, >= 0: a test counts as positive only if the
       posterior mean falls into its minimum by more than this many noise
       std of a mean over one lengthscale of losses (see
-      :func:`minimum_test_outcome`), and (exponential warmup) no confident
-      minimum ends warmup before the LR has tripled from ``min_lr``: a dip in
-      the first steps is the optimizer's transient, not a minimum over LRs;
-      0 disables both. ``None``: ``DEFAULTS['min_descent']``.
+      :func:`minimum_test_outcome`); 0 disables it. ``None``:
+      ``DEFAULTS['min_descent']``.
     valley_level: where the restart point lies, in [0, 1): 0 is the
       posterior-mean minimum (the paper's); ``v > 0`` halfway between it and
       the entry of its valley floor (the first x within ``v`` x the drop of
@@ -749,9 +759,16 @@ def autowu(
     knee_slope: the knee rule (exponential warmup, positive losses), >= 0:
       the restart point is at most the knee of the loss-vs-LR curve, the
       last LR before the minimum where the log loss still fell by this much
-      per decade of LR, and warmup ends once the LR has tripled past the
-      knee (see :func:`knee_outcome`); 0 disables it. ``None``:
+      per decade of LR, and warmup ends once the LR is ``knee_ratio`` x the
+      knee's (see :func:`knee_outcome`); 0 disables it. ``None``:
       ``DEFAULTS['knee_slope']``.
+    knee_ratio: with the knee rule, warmup ends once the LR is this many
+      times the knee's, > 1. ``None``: ``DEFAULTS['knee_ratio']``.
+    minimum_after: (exponential warmup) no confident minimum ends warmup
+      before the LR is this many times ``min_lr``, and a knee at a lower LR
+      is none, >= 1: a dip or a fast drop in the first steps is the
+      optimizer's start-up transient, not a feature of the loss over LRs;
+      1 disables it. ``None``: ``DEFAULTS['minimum_after']``.
 
   The arguments whose default is ``None`` take the library's defaults
   (``optax_autolr.DEFAULTS``, chosen by measurement, see the README), except
@@ -809,7 +826,8 @@ def autowu(
         grid_size=i32(cfg.grid_size), min_descent=f32(cfg.min_descent),
         valley_level=f32(cfg.valley_level),
         knee_slope=f32(_state_constants(cfg)['knee_slope']),
-        log_lr_range=f32(_state_constants(cfg)['log_lr_range']))
+        log_lr_range=f32(_state_constants(cfg)['log_lr_range']),
+        minimum_after=f32(cfg.minimum_after))
 
   def update_fn(updates, state, params=None, *, value=None, **extra_args):
     del params, extra_args
@@ -829,46 +847,42 @@ def autowu(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
-                 max_warmup_fraction, warmup, decay, cooldown_fraction,
-                 confidence, patience, test_every, divergence_factor,
-                 window_size, grid_size, lengthscale, noise_floor,
-                 min_descent, valley_level, restart_fraction,
-                 spike_factor, knee_slope) -> _Config:
-  """Validates the arguments of :func:`autowu` and derives its constants."""
+def _is_authors_rule(test_every, divergence_factor, steps_per_epoch) -> bool:
+  """Whether the arguments ask for the authors' rule (tests once an epoch, no guard)."""
+  return (test_every is not None and divergence_factor is None
+          and not isinstance(test_every, bool)
+          and isinstance(test_every, numbers.Integral)
+          and int(test_every) == steps_per_epoch)
+
+
+def _check_rule_args(min_descent, valley_level, restart_fraction,
+                     spike_factor, knee_slope, knee_ratio, minimum_after
+                     ) -> dict[str, Any]:
+  """Checks the decision rule's arguments (defaults already resolved)."""
   c = _checks
-  total_steps = c.check_int('total_steps', total_steps, 2)
-  steps_per_epoch = c.check_int('steps_per_epoch', steps_per_epoch, 1,
-                                total_steps)
-  # Arguments left to None take the library's default, or the paper's value
-  # under the authors' rule (tests once an epoch, no divergence guard).
-  authors = (test_every is not None and divergence_factor is None
-             and not isinstance(test_every, bool)
-             and isinstance(test_every, numbers.Integral)
-             and int(test_every) == steps_per_epoch)
-  preset = AUTHORS if authors else DEFAULTS
-  given = dict(min_lr=min_lr, max_warmup_fraction=max_warmup_fraction,
-               min_descent=min_descent, valley_level=valley_level,
-               restart_fraction=restart_fraction, spike_factor=spike_factor,
-               knee_slope=knee_slope)
-  resolved = {k: preset[k] if v is None else v for k, v in given.items()}
-  min_lr, max_warmup_fraction = (resolved['min_lr'],
-                                 resolved['max_warmup_fraction'])
-  min_descent = c.check_float('min_descent', resolved['min_descent'], 0.0,
-                              math.inf)
-  valley_level = c.check_float('valley_level', resolved['valley_level'], 0.0,
-                               1.0, high_open=True)
-  restart_fraction = c.check_float(
-      'restart_fraction', resolved['restart_fraction'], 0.0, 1.0,
-      low_open=True)
-  knee_slope = c.check_float('knee_slope', resolved['knee_slope'], 0.0,
-                             math.inf)
-  spike_factor = resolved['spike_factor']
   if isinstance(spike_factor, numbers.Real) and spike_factor == math.inf:
     spike_factor = None  # No cap.
   else:
     spike_factor = c.check_float('spike_factor', spike_factor, 1.0, math.inf,
                                  low_open=True)
+  return dict(
+      min_descent=c.check_float('min_descent', min_descent, 0.0, math.inf),
+      valley_level=c.check_float('valley_level', valley_level, 0.0, 1.0,
+                                 high_open=True),
+      restart_fraction=c.check_float('restart_fraction', restart_fraction,
+                                     0.0, 1.0, low_open=True),
+      spike_factor=spike_factor,
+      knee_slope=c.check_float('knee_slope', knee_slope, 0.0, math.inf),
+      knee_ratio=c.check_float('knee_ratio', knee_ratio, 1.0, math.inf,
+                               low_open=True),
+      minimum_after=c.check_float('minimum_after', minimum_after, 1.0,
+                                  math.inf))
+
+
+def _check_schedule_args(total_steps, min_lr, max_lr, max_warmup_fraction,
+                         warmup, decay, cooldown_fraction) -> dict[str, Any]:
+  """Checks the LR range and the schedule's shape; derives the step counts."""
+  c = _checks
   min_lr = c.check_float('min_lr', min_lr, 0.0, math.inf, low_open=True)
   max_lr = c.check_float('max_lr', max_lr, 0.0, math.inf, low_open=True)
   if max_lr <= min_lr:
@@ -881,14 +895,26 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   c.check_choice('decay', decay, ('cosine', 'constant_cosine'))
   cooldown_fraction = c.check_float('cooldown_fraction', cooldown_fraction,
                                     0.0, 1.0, low_open=True)
-  confidence = c.check_float('confidence', confidence, 0.5, 1.0,
-                             low_open=True, high_open=True)
-  patience = c.check_int('patience', patience, 1)
   warmup_steps = int(math.floor(max_warmup_fraction * total_steps))
   if warmup_steps < 1:
     raise ValueError(
         '`max_warmup_fraction * total_steps` must be >= 1 step, got '
         f'{max_warmup_fraction} * {total_steps}.')
+  decay_start = (int(math.floor((1.0 - cooldown_fraction) * total_steps))
+                 if decay == 'constant_cosine' else 0)
+  return dict(min_lr=min_lr, max_lr=max_lr, warmup=warmup,
+              warmup_steps=warmup_steps, decay_start=decay_start,
+              max_warmup_fraction=max_warmup_fraction)
+
+
+def _check_test_args(total_steps, steps_per_epoch, warmup_steps,
+                     max_warmup_fraction, confidence, patience, test_every,
+                     divergence_factor) -> dict[str, Any]:
+  """Checks when and how warmup is tested; warns when it cannot end early."""
+  c = _checks
+  confidence = c.check_float('confidence', confidence, 0.5, 1.0,
+                             low_open=True, high_open=True)
+  patience = c.check_int('patience', patience, 1)
   if test_every is None:
     test_every = default_test_every(total_steps, steps_per_epoch,
                                     max_warmup_fraction)
@@ -899,44 +925,86 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
         f'the {_MIN_LOSSES_FOR_TEST} losses the minimum test and the guards '
         'need: warmup will end at the LR it reached (up to `max_lr`). '
         'Lengthen the budget or `max_warmup_fraction`, or lower `max_lr`.',
-        stacklevel=3)
+        stacklevel=4)
   elif patience * test_every > warmup_steps:
     warnings.warn(
         f'autowu: `patience` * `test_every` = {patience} * {test_every} > '
         f'the maximal warmup ({warmup_steps} steps): warmup can only end by '
         'the divergence guard or at the maximal warmup, never by a confident '
-        'minimum. Test more often or lengthen the warmup.', stacklevel=3)
+        'minimum. Test more often or lengthen the warmup.', stacklevel=4)
   if divergence_factor is not None:
     divergence_factor = c.check_float('divergence_factor', divergence_factor,
                                       1.0, math.inf, low_open=True)
+  return dict(confidence=confidence, patience=patience, test_every=test_every,
+              divergence_factor=divergence_factor)
+
+
+def _check_gp_args(window_size, grid_size, lengthscale, noise_floor
+                   ) -> dict[str, Any]:
+  """Checks the loss window's and the GP's sizes."""
+  c = _checks
   window_size = c.check_int('window_size', window_size, 8)
   if window_size % 2:
     raise ValueError(f'`window_size` must be even, got {window_size}.')
-  grid_size = c.check_int('grid_size', grid_size, 8)
-  lengthscale = c.check_float('lengthscale', lengthscale, gp.MIN_LENGTHSCALE,
-                              math.inf)
-  noise_floor = c.check_float('noise_floor', noise_floor, 0.0, 1.0,
-                              low_open=True, high_open=True)
-  decay_start = (int(math.floor((1.0 - cooldown_fraction) * total_steps))
-                 if decay == 'constant_cosine' else 0)
-  return _Config(total_steps, warmup_steps, min_lr, max_lr, warmup,
-                 decay_start, confidence, patience, test_every,
-                 divergence_factor, window_size, grid_size, lengthscale,
-                 noise_floor, min_descent, valley_level, restart_fraction,
-                 spike_factor, knee_slope)
+  return dict(
+      window_size=window_size,
+      grid_size=c.check_int('grid_size', grid_size, 8),
+      lengthscale=c.check_float('lengthscale', lengthscale,
+                                gp.MIN_LENGTHSCALE, math.inf),
+      noise_floor=c.check_float('noise_floor', noise_floor, 0.0, 1.0,
+                                low_open=True, high_open=True))
+
+
+def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
+                 max_warmup_fraction, warmup, decay, cooldown_fraction,
+                 confidence, patience, test_every, divergence_factor,
+                 window_size, grid_size, lengthscale, noise_floor,
+                 min_descent, valley_level, restart_fraction,
+                 spike_factor, knee_slope, knee_ratio, minimum_after
+                 ) -> _Config:
+  """Validates the arguments of :func:`autowu` and derives its constants.
+
+  Arguments left to None take the library's default (:data:`DEFAULTS`), or
+  the paper's value (:data:`AUTHORS`) under the authors' rule.
+  """
+  total_steps = _checks.check_int('total_steps', total_steps, 2)
+  steps_per_epoch = _checks.check_int('steps_per_epoch', steps_per_epoch, 1,
+                                      total_steps)
+  authors = _is_authors_rule(test_every, divergence_factor, steps_per_epoch)
+  preset = AUTHORS if authors else DEFAULTS
+  given = dict(min_lr=min_lr, max_warmup_fraction=max_warmup_fraction,
+               min_descent=min_descent, valley_level=valley_level,
+               restart_fraction=restart_fraction, spike_factor=spike_factor,
+               knee_slope=knee_slope, knee_ratio=knee_ratio,
+               minimum_after=minimum_after)
+  r = {k: preset[k] if v is None else v for k, v in given.items()}
+  rule = _check_rule_args(r['min_descent'], r['valley_level'],
+                          r['restart_fraction'], r['spike_factor'],
+                          r['knee_slope'], r['knee_ratio'],
+                          r['minimum_after'])
+  sched = _check_schedule_args(total_steps, r['min_lr'], max_lr,
+                               r['max_warmup_fraction'], warmup, decay,
+                               cooldown_fraction)
+  test = _check_test_args(total_steps, steps_per_epoch, sched['warmup_steps'],
+                          sched.pop('max_warmup_fraction'), confidence,
+                          patience, test_every, divergence_factor)
+  return _Config(total_steps=total_steps, **sched, **test, **rule,
+                 **_check_gp_args(window_size, grid_size, lengthscale,
+                                  noise_floor))
 
 
 _CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
                   'grid_size', 'min_descent', 'valley_level', 'knee_slope',
-                  'log_lr_range')
+                  'log_lr_range', 'minimum_after')
 
 
 def _state_constants(cfg: _Config) -> dict[str, Any]:
   """The constants of ``cfg`` as the state keeps them (:data:`_CONFIG_FIELDS`)."""
   exp = cfg.warmup == 'exp'  # The linear warmup has no knee rule.
-  return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:-2]},
+  return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:-3]},
           'knee_slope': cfg.knee_slope if exp else 0.0,
-          'log_lr_range': math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0}
+          'log_lr_range': math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0,
+          'minimum_after': cfg.minimum_after}
 
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
@@ -1327,6 +1395,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                          min_descent: float | None = None,
                          valley_level: float | None = None,
                          knee_slope: float | None = None,
+                         minimum_after: float | None = None,
                          ) -> tuple[jax.Array, gp.MinimumTestResult]:
   """Recomputes the minimum test on the warmup window, for plots and logging.
 
@@ -1336,7 +1405,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   :func:`minimum_test_outcome`) equal the state's, and its posterior is the GP's.
   Reading the constants needs a concrete state, so call it outside
   ``jax.jit`` (it is compiled internally, once per set of constants); under
-  ``jax.jit`` pass all six.
+  ``jax.jit`` pass all seven.
 
   Args:
     state: an optimizer state holding an :class:`AutoWUState`.
@@ -1347,6 +1416,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
     min_descent: overrides the state's descent gate.
     valley_level: overrides the state's valley level.
     knee_slope: overrides the state's knee slope.
+    minimum_after: overrides the state's ``minimum_after``.
 
   Returns:
     ``(steps, result)``: the grid as (fractional) step numbers and the
@@ -1356,7 +1426,8 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   s = _unwrap(find_autowu_state(state, path))
   given = {'lengthscale': lengthscale, 'grid_size': grid_size,
            'noise_floor': noise_floor, 'min_descent': min_descent,
-           'valley_level': valley_level, 'knee_slope': knee_slope}
+           'valley_level': valley_level, 'knee_slope': knee_slope,
+           'minimum_after': minimum_after}
   for name, v in given.items():
     if v is None:
       field = getattr(s, name)

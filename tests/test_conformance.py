@@ -88,26 +88,22 @@ class Case:
 
 _AUTOWU_ARGS = dict(total_steps=T, steps_per_epoch=SPE)
 
+
+def _autowu_chain_case(name: str) -> Case:
+  """A ready-made chain ``oa.<name>`` (optimizer, then autowu)."""
+  factory = getattr(oa, name)
+  return Case(name, lambda: factory(T, SPE, weight_decay=1e-4, **SMALL),
+              needs_value=True, needs_params=True, state_name='AutoWUState',
+              inject=(factory, _AUTOWU_ARGS), inject_raises=True,
+              check_run=_check_autowu_schedule)
+
 CASES = {case.name: case for case in [
     Case('autowu', lambda: oa.autowu(T, SPE, **SMALL),
          needs_value=True, needs_params=False, state_name='AutoWUState',
          inject=(oa.autowu, _AUTOWU_ARGS), inject_raises=True,
          check_run=_check_autowu_schedule),
-    Case('autowu_lamb',
-         lambda: oa.autowu_lamb(T, SPE, weight_decay=1e-4, **SMALL),
-         needs_value=True, needs_params=True, state_name='AutoWUState',
-         inject=(oa.autowu_lamb, _AUTOWU_ARGS), inject_raises=True,
-         check_run=_check_autowu_schedule),
-    Case('autowu_adamp',
-         lambda: oa.autowu_adamp(T, SPE, weight_decay=1e-4, **SMALL),
-         needs_value=True, needs_params=True, state_name='AutoWUState',
-         inject=(oa.autowu_adamp, _AUTOWU_ARGS), inject_raises=True,
-         check_run=_check_autowu_schedule),
-    Case('autowu_adamw',
-         lambda: oa.autowu_adamw(T, SPE, weight_decay=1e-4, **SMALL),
-         needs_value=True, needs_params=True, state_name='AutoWUState',
-         inject=(oa.autowu_adamw, _AUTOWU_ARGS), inject_raises=True,
-         check_run=_check_autowu_schedule),
+    *[_autowu_chain_case(name) for name in
+      ('autowu_lamb', 'autowu_adamp', 'autowu_adamw')],
     Case('adamp', lambda: oa.adamp(1e-2, weight_decay=0.01, nesterov=True),
          needs_value=False, needs_params=True, state_name='ScaleByAdamPState',
          inject=(oa.adamp, dict(learning_rate=0.01, weight_decay=0.1,
