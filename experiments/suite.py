@@ -74,7 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "minlr1e5": {"min_lr": 1e-5},
     "minlr3e4": {"min_lr": 3e-4},
     "mwf05": {"max_warmup_fraction": 0.5},
-    "kneex2": {"knee_ratio": 2.0},
+    "kneex2": {"knee_ratio": 2.0},  # The default since library 634cb34046b5.
     "lr3e4after10": {"min_lr": 3e-4, "minimum_after": 10.0},
     "lr3e4after30": {"min_lr": 3e-4, "minimum_after": 30.0},
 }

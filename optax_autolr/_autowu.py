@@ -453,8 +453,10 @@ def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
     knee_slope: see :func:`autowu`.
     lr_span: ``log`` of the LR range the window spans.
     knee_ratio: see :func:`autowu`.
-    minimum_after: a knee at an LR below ``minimum_after`` x the window's
-      first LR is the optimizer's start-up drop, not a knee over LRs: none.
+    minimum_after: a knee at an LR below ``minimum_after`` x ``min_lr``
+      (the LR at ``x = 0``) is the optimizer's start-up drop, not a knee
+      over LRs: none. The default 1 turns this off; :func:`autowu` passes
+      its own (``DEFAULTS['minimum_after']``).
 
   Returns:
     ``(passed, position)``: a bool and a float32 scalar.

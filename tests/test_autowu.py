@@ -466,6 +466,7 @@ _TRANSIENT = [2.492, 1.684, 1.198, 0.96, 0.819, 0.756, 0.772, 0.785, 0.775, 0.83
 
 @pytest.mark.parametrize('rule, switch', [
     (dict(), -1),  # Defaults: no switch while the LR has not tripled (step 10).
+    (dict(min_descent=0.0), -1),  # The guard does not need the gate.
     (dict(min_descent=0.0, minimum_after=1.0), 9),  # Without both: the bump.
 ])
 def test_no_confident_minimum_before_the_lr_has_tripled(rule, switch):
@@ -511,6 +512,17 @@ def test_knee_outcome_passes_at_knee_ratio_times_the_knee_lr(knee_ratio, passed)
   ok, _ = oa.knee_outcome(_posterior(_plateau(x, depth=20.0)), knee_slope=0.3,
                           lr_span=jnp.float32(lr_span), knee_ratio=knee_ratio)
   assert bool(ok) == passed
+
+
+@pytest.mark.parametrize('minimum_after, found', [(1.0, True), (3.0, False)])
+def test_knee_outcome_ignores_a_knee_in_the_start_up(minimum_after, found):
+  x = np.linspace(0.0, 1.0, 256)
+  # The knee at x = 0.3 of a 1-decade span: 10**0.3 = 2x the first LR, < 3x.
+  ok, position = oa.knee_outcome(_posterior(_plateau(x, depth=20.0)), knee_slope=0.3,
+                                 lr_span=jnp.float32(math.log(10.0)),
+                                 minimum_after=minimum_after)
+  assert bool(ok) == found
+  assert (float(position) < 1.0) == found
 
 
 def test_knee_outcome_needs_a_real_descent_and_positive_losses():
