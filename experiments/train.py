@@ -877,16 +877,12 @@ def _open_outputs(cfg: TrainConfig, s: Setup, out_dir: Path, log: Callable[..., 
 class _EpochRecorder:
   """``fit``'s per-epoch callback: step and epoch rows to jsonl, TensorBoard, log, checkpoint."""
 
-  def __init__(self, cfg: TrainConfig, s: Setup, hist: dict[str, list],
-               epoch_rows: list[dict[str, Any]], metrics_path: Path, epochs_path: Path,
-               tb: _TB, ckpt: _Checkpointer | None, log: Callable[..., None],
-               t_train: float, prior_time: float):
-    self.cfg, self.s, self.hist, self.epoch_rows = cfg, s, hist, epoch_rows
-    self.metrics_path, self.epochs_path, self.tb, self.ckpt = metrics_path, epochs_path, tb, ckpt
-    self.log, self.t_train, self.prior_time = log, t_train, prior_time
+  def __init__(self, cfg: TrainConfig, s: Setup, out: _Outputs, log: Callable[..., None],
+               t_train: float):
+    self.cfg, self.s, self.out, self.log, self.t_train = cfg, s, out, log, t_train
 
   def _steps(self, r: EpochResult) -> None:
-    arr, first, tb, info = r.rows, r.first_step, self.tb, self.s.info
+    arr, first, tb, info = r.rows, r.first_step, self.out.tb, self.s.info
     steps = list(range(first, first + len(arr)))
     step_rows = []
     for st, (loss, lr, phase, prob) in zip(steps, arr):
@@ -898,10 +894,10 @@ class _EpochRecorder:
       if info.is_autowu:
         tb.scalar("autowu/phase", phase, st)
         tb.scalar("autowu/probability", prob, st)
-    _write_jsonl(self.metrics_path, step_rows)
-    self.hist["step"] += steps
+    _write_jsonl(self.out.metrics_path, step_rows)
+    self.out.hist["step"] += steps
     for j, k in enumerate(("loss", "lr", "phase", "probability")):
-      self.hist[k] += arr[:, j].tolist()
+      self.out.hist[k] += arr[:, j].tolist()
 
   def _epoch(self, r: EpochResult) -> dict[str, Any]:
     arr, end = r.rows, r.first_step + len(r.rows)
@@ -911,12 +907,12 @@ class _EpochRecorder:
             "val_accuracy": r.val_accuracy,
             "val_loss": None if r.val_loss is None else _finite_or_none(r.val_loss),
             "epoch_time_s": r.seconds}
-    self.epoch_rows.append(erow)
-    _write_jsonl(self.epochs_path, [erow])
+    self.out.epoch_rows.append(erow)
+    _write_jsonl(self.out.epochs_path, [erow])
     for split in ("test", "val"):
       if erow[f"{split}_accuracy"] is not None:
-        self.tb.scalar(f"{split}/accuracy", erow[f"{split}_accuracy"], end)
-        self.tb.scalar(f"{split}/loss", r.test_loss if split == "test" else r.val_loss, end)
+        self.out.tb.scalar(f"{split}/accuracy", erow[f"{split}_accuracy"], end)
+        self.out.tb.scalar(f"{split}/loss", r.test_loss if split == "test" else r.val_loss, end)
     return erow
 
   def _log(self, r: EpochResult, train_loss: float | None) -> None:
@@ -934,12 +930,12 @@ class _EpochRecorder:
     self._steps(r)
     erow = self._epoch(r)
     self._log(r, erow["train_loss"])
-    if self.ckpt is not None:
+    if self.out.ckpt is not None:
       s = self.s
-      self.ckpt.save(r.epoch + 1, s.model_state, s.opt_state,
+      self.out.ckpt.save(r.epoch + 1, s.model_state, s.opt_state,
                      {"epoch": r.epoch + 1, "schedule": s.schedule,
                       "total_steps": s.total_steps,
-                      "train_time_s": self.prior_time + time.perf_counter() - self.t_train})
+                      "train_time_s": self.out.prior_time + time.perf_counter() - self.t_train})
 
 
 def _summary(cfg: TrainConfig, s: Setup, dataset: data_lib.Dataset,
@@ -1044,19 +1040,18 @@ def run(
       f"{cfg.epochs} epochs x {steps_per_epoch} steps | {jax.default_backend()}")
 
   t_train = time.perf_counter()
-  rec = _EpochRecorder(cfg, s, hist, epoch_rows, out.metrics_path, out.epochs_path, out.tb,
-                       ckpt, log, t_train, out.prior_time)
-  compile_s = fit(s, start_epoch=out.start_epoch, on_epoch=rec)
+  compile_s = fit(s, start_epoch=out.start_epoch,
+                  on_epoch=_EpochRecorder(cfg, s, out, log, t_train))
   if ckpt is not None:
     ckpt.close()
   train_time = out.prior_time + time.perf_counter() - t_train
   out.tb.close()
 
   switch, posterior = _switch_and_posterior(s, plot=cfg.plot)
-  accs = [r["test_accuracy"] for r in epoch_rows]
   summary = _summary(cfg, s, dataset, epoch_rows, switch, out_dir,
                      wall_time_s=train_time, compile_time_s=compile_s,
                      total_time_s=time.perf_counter() - t_start)
+  accs = summary["test_accuracy_per_epoch"]
   if cfg.plot:
     try:
       _plot(out_dir / "summary.png", summary, hist, accs, posterior, info.lr_label)
