@@ -60,7 +60,7 @@ _TESTS_PER_WARMUP = 40
 # The arguments of autowu whose default is None: the library's defaults
 # (chosen by measurement: experiments/results/rule_search.md) and the paper's
 # values, which the authors' rule (tests once an epoch, no guard) keeps.
-DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, min_descent=3.0,
+DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, min_descent=4.0,
                 valley_level=0.05, restart_fraction=1.0, spike_factor=1.3,
                 knee_slope=0.3, knee_ratio=2.0, minimum_after=3.0)
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, min_descent=0.0,
@@ -434,7 +434,8 @@ def minimum_test_outcome(result: gp.MinimumTestResult,
 
 
 def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
-                 lr_span: jax.Array, knee_ratio: float = 2.0,
+                 lr_span: jax.Array,
+                 knee_ratio: float = DEFAULTS['knee_ratio'],
                  minimum_after: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """``(passed, position)``: the knee of the warmup's loss-vs-LR curve.
 
@@ -470,16 +471,23 @@ def knee_outcome(result: gp.MinimumTestResult, *, knee_slope: float,
   k = jnp.max(jnp.where(steep, index, -1))
   k_pos = jnp.maximum(k, 0)
   found = (jnp.all(m > 0) & (k >= 0) & (lr_span > 0)
-           & (x[k_pos] * lr_span >= math.log(minimum_after)))
+           & _past_start_up(x[k_pos] * lr_span, minimum_after))
   k = k_pos
   passed = (found & ((1.0 - x[k]) * lr_span >= math.log(knee_ratio))
             & (log_m[0] - log_m[k] >= _KNEE_DROP))
   return passed, jnp.where(found, x[k], 1.0).astype(jnp.float32)
 
 
+def _past_start_up(log_lr_ratio, minimum_after: float) -> jax.Array:
+  """Whether an LR ``exp(log_lr_ratio)`` x ``min_lr`` is past the optimizer's
+  start-up: at least ``minimum_after`` x ``min_lr``."""
+  return log_lr_ratio >= math.log(minimum_after)
+
+
 def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
-              min_descent, valley_level, knee_slope, knee_ratio=2.0,
-              minimum_after=1.0) -> tuple[gp.MinimumTestResult, jax.Array]:
+              min_descent, valley_level, knee_slope,
+              knee_ratio=DEFAULTS['knee_ratio'], minimum_after=1.0
+              ) -> tuple[gp.MinimumTestResult, jax.Array]:
   """The test as the update runs it.
 
   Returns:
@@ -550,8 +558,8 @@ def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
                         state.positives)
   confident = is_test & (positives >= cfg.patience)
   if cfg.minimum_after > 1.0 and cfg.warmup == 'exp':
-    confident = confident & (
-        _lr_span(cfg, state.count) >= math.log(cfg.minimum_after))
+    confident = confident & _past_start_up(_lr_span(cfg, state.count),
+                                           cfg.minimum_after)
   reached_max = state.count >= cfg.warmup_steps
   reason = jnp.select(
       [confident, is_test & knee, guard.diverged, guard.non_finite,
@@ -572,7 +580,9 @@ def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
   with the LR of step t - 1: after a non-finite loss, restart at most from the
   LR of step t - 2, the largest one whose outcome was finite.
   """
-  at_point = cfg.restart_fraction * _warmup_lr(cfg, argmin * t_data)
+  at_point = jnp.minimum(  # Never above the largest LR tested.
+      cfg.restart_fraction * _warmup_lr(cfg, argmin * t_data),
+      _warmup_lr(cfg, t_data))
   restart = jnp.minimum(
       jnp.where(reason == MAX_WARMUP, _warmup_lr(cfg, t), at_point), spike_lr)
   return jnp.where(non_finite,
@@ -752,8 +762,9 @@ def autowu(
       posterior-mean minimum (the paper's); ``v > 0`` halfway between it and
       the entry of its valley floor (the first x within ``v`` x the drop of
       the minimum). ``None``: ``DEFAULTS['valley_level']``.
-    restart_fraction: the restart LR is this fraction of the warmup LR at the
-      restart point, in (0, 1]. ``None``: ``DEFAULTS['restart_fraction']``.
+    restart_fraction: the restart LR is this multiple of the warmup LR at the
+      restart point, > 0, and at most the largest LR the warmup tested.
+      ``None``: ``DEFAULTS['restart_fraction']``.
     spike_factor: the restart LR is at most the LR of the update before the
       first warmup loss above ``spike_factor`` x the smallest smoothed loss
       and 4 noise scales above it, > 1; ``math.inf`` disables the cap.
@@ -872,7 +883,7 @@ def _check_rule_args(min_descent, valley_level, restart_fraction,
       valley_level=c.check_float('valley_level', valley_level, 0.0, 1.0,
                                  high_open=True),
       restart_fraction=c.check_float('restart_fraction', restart_fraction,
-                                     0.0, 1.0, low_open=True),
+                                     0.0, math.inf, low_open=True),
       spike_factor=spike_factor,
       knee_slope=c.check_float('knee_slope', knee_slope, 0.0, math.inf),
       knee_ratio=c.check_float('knee_ratio', knee_ratio, 1.0, math.inf,
@@ -1006,7 +1017,7 @@ def _state_constants(cfg: _Config) -> dict[str, Any]:
   return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:-3]},
           'knee_slope': cfg.knee_slope if exp else 0.0,
           'log_lr_range': math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0,
-          'minimum_after': cfg.minimum_after}
+          'minimum_after': cfg.minimum_after if exp else 1.0}
 
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
@@ -1017,6 +1028,8 @@ def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
   """
   def text(v):
     v = np.unique(np.asarray(v, np.float64))
+    if np.isnan(v).all():
+      return 'missing (an older version\'s)'
     return f'{v[0]:g}' if v.size == 1 else '[' + ', '.join(
         f'{x:g}' for x in v) + ']'
 
@@ -1341,11 +1354,13 @@ def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
   Finds :class:`AutoWUState` nodes and their dict forms (``nnx.State`` of a
   split ``nnx.Optimizer``, an Orbax restore without a target).
   """
-  def is_node(x):
+  def is_node(x):  # Dicts: by the constants every version of the state has.
     return isinstance(x, AutoWUState) or (
-        isinstance(x, Mapping) and all(n in x for n in _CONFIG_FIELDS))
+        isinstance(x, Mapping) and all(n in x for n in _CONFIG_FIELDS[:5]))
 
   def value(node, name):
+    if not isinstance(node, AutoWUState) and name not in node:
+      return np.asarray(np.nan)  # A state of an older version.
     v = getattr(node, name) if isinstance(node, AutoWUState) else node[name]
     v = v.get_value() if hasattr(v, 'get_value') else v  # nnx.Variable
     return np.asarray(v)

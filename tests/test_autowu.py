@@ -406,9 +406,25 @@ def test_authors_rule_keeps_the_papers_values():
   assert oa.AUTHORS == {k: paper[k] for k in oa.AUTHORS}
 
 
+@pytest.mark.parametrize('fraction', [2.0, 100.0])
+def test_restart_fraction_above_one_stops_at_the_largest_lr_tested(fraction):
+  """``restart_fraction > 1`` scales the restart up, never past the warmup."""
+  curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
+  one, _ = _lr_trajectory(oa.autowu(T, SPE, **PAPER), T, curve)
+  more, _ = _lr_trajectory(
+      oa.autowu(T, SPE, **dict(PAPER, restart_fraction=fraction)), T, curve)
+  switch = int(one.switch_step)
+  assert int(more.switch_step) == switch  # The decision is the same.
+  low = PAPER['min_lr']
+  tested = low * (1.0 / low)**(switch / WARMUP_STEPS)
+  assert float(more.restart_lr) == pytest.approx(
+      min(fraction * float(one.restart_lr), tested), rel=1e-4)
+  assert float(more.restart_lr) > float(one.restart_lr)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(restart_fraction=0.0), 'restart_fraction'),
-    (dict(restart_fraction=1.5), 'restart_fraction'),
+    (dict(restart_fraction=-0.5), 'restart_fraction'),
     (dict(min_descent=-1.0), 'min_descent'),
     (dict(valley_level=1.0), 'valley_level'),
     (dict(valley_level=-0.1), 'valley_level'),
