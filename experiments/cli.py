@@ -20,6 +20,7 @@ Standard library only: the CLIs import it before anything heavy (JAX).
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import math
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "existing_file",
     "existing_path",
     "integer",
+    "keyword_literal",
     "list_of",
     "number",
     "output_dir",
@@ -183,3 +185,16 @@ def add_output_flags(p: argparse.ArgumentParser, *, quick: str, out_dir: str,
   if from_json is not None:
     p.add_argument("--from-json", type=existing_file, default=None, metavar="PATH",
                    help=from_json)
+
+
+def keyword_literal(text: str) -> tuple[str, Any]:
+  """``type=`` for ``NAME=VALUE`` with a Python literal value: ``(name, value)``."""
+  name, sep, value = text.partition("=")
+  try:
+    if not sep or not name.isidentifier():
+      raise ValueError
+    return name, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    raise argparse.ArgumentTypeError(
+        f"expected NAME=VALUE with a Python literal, e.g. min_descent=4.0; got {text!r}"
+    ) from None

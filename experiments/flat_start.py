@@ -9,8 +9,6 @@ streams, the library version, machine and date), which the suite's report reads.
 (``autowu`` keyword arguments as Python literals; none: the defaults) and writes nothing.
 """
 
-import argparse
-import ast
 import datetime
 import json
 import sys
@@ -62,18 +60,6 @@ def bad_restarts(seeds: int = 40, first_seed: int = 1000, bad_streams: list | No
   return bad, total
 
 
-def _keyword(text: str) -> tuple[str, Any]:
-  name, sep, value = text.partition("=")
-  try:
-    if not sep or not name.isidentifier():
-      raise ValueError
-    return name, ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    raise argparse.ArgumentTypeError(
-        f"expected NAME=VALUE with a Python literal, e.g. min_descent=4.0; got {text!r}"
-    ) from None
-
-
 def main(argv: list[str] | None = None) -> tuple[int, int]:
   """Counts the bad restarts; with the defaults, writes :data:`RESULTS`."""
   from experiments import cli  # noqa: PLC0415
@@ -82,7 +68,7 @@ def main(argv: list[str] | None = None) -> tuple[int, int]:
 
   p = cli.ArgumentParser(prog="python -m experiments.flat_start",
                          description=__doc__.split("\n")[0])
-  p.add_argument("rule", nargs="*", type=_keyword, metavar="NAME=VALUE",
+  p.add_argument("rule", nargs="*", type=cli.keyword_literal, metavar="NAME=VALUE",
                  help="autowu keyword arguments (Python literals); none: the defaults")
   kwargs = dict(p.parse_args(sys.argv[1:] if argv is None else argv).rule)
   streams: list = []

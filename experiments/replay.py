@@ -79,13 +79,11 @@ def main(argv: list[str] | None = None) -> None:
 
   ``python -m experiments.replay 'knee_slope=0.0'`` (Python literals; none: the defaults).
   """
-  import ast  # noqa: PLC0415
   import sys  # noqa: PLC0415
 
-  kwargs = {}
-  for a in (sys.argv[1:] if argv is None else argv):
-    k, v = a.split("=", 1)
-    kwargs[k] = ast.literal_eval(v)
+  from experiments import cli  # noqa: PLC0415
+
+  kwargs = dict(cli.keyword_literal(a) for a in (sys.argv[1:] if argv is None else argv))
   for name, losses, total, spe, switch in rule_search_traces():
     d = replay(losses, total, spe, **kwargs)
     print(f"{name:28s} switch {d['switch_step']!s:>4} restart {d['restart_lr'] or 0:.4f} "

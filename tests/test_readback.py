@@ -111,7 +111,6 @@ def test_restoring_into_another_budget_warns():
     new_tx.update(params, old, params, value=1.0)
 
 
-
 def test_a_dict_state_of_an_older_version_is_found_and_named():
   """An Orbax restore without a target, saved before ``minimum_after`` existed."""
   fresh = oa.autowu(1000, 10).init(None)
@@ -119,6 +118,7 @@ def test_a_dict_state_of_an_older_version_is_found_and_named():
   with pytest.warns(UserWarning, match=r"minimum_after: state missing \(an older"):
     diffs = oa.check_restored({'opt': old}, fresh)
   assert len(diffs) == 1, diffs
+
 
 def test_repr_and_metrics_of_an_nnx_optimizer_state():
   from flax import nnx  # noqa: PLC0415
