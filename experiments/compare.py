@@ -95,6 +95,10 @@ METHOD_ORDER: tuple[str, ...] = AUTOWU_METHODS + (GRID, GRID_DEFAULT) + LR_FREE_
 # TrainConfig fields that do not change what is trained (not part of the run key).
 _NON_KEY_FIELDS = frozenset(
     {"data_dir", "out_dir", "plot", "tensorboard", "quiet", "checkpoint_dir", "resume"})
+# TrainConfig fields that only the AutoWU schedules read (not in other runs' keys, so a
+# change of their defaults leaves the cached grid and peer runs valid).
+_AUTOWU_ONLY_FIELDS = frozenset(
+    {"autowu", "test_every", "divergence_factor", "max_warmup_fraction", "decay"})
 # Sources whose change changes the results (hashed into the code version).
 _CODE_FILES = ("experiments/train.py", "experiments/schedules.py", "experiments/data.py",
                "experiments/models.py")
@@ -249,12 +253,16 @@ def append_run(path: Path, record: dict[str, Any]) -> None:
 
 
 def run_key(train_config: dict[str, Any]) -> str:
-  """Canonical JSON of every TrainConfig field that affects training (defaults filled)."""
+  """Canonical JSON of every TrainConfig field that affects training (defaults filled).
+
+  The AutoWU fields (``decay``, ``test_every``, ...) count for the AutoWU schedules only.
+  """
   from experiments import train  # noqa: PLC0415
 
   cfg = dataclasses.asdict(train.TrainConfig(**train_config))
-  key = {k: (list(v) if isinstance(v, tuple) else v)
-         for k, v in cfg.items() if k not in _NON_KEY_FIELDS}
+  skip = _NON_KEY_FIELDS | (frozenset() if cfg["schedule"] in train.schedules_lib.AUTOWU_SCHEDULES
+                            else _AUTOWU_ONLY_FIELDS)
+  key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k not in skip}
   return json.dumps(key, sort_keys=True, default=str)
 
 

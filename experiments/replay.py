@@ -83,9 +83,16 @@ def main(argv: list[str] | None = None) -> None:
 
   from experiments import cli  # noqa: PLC0415
 
-  kwargs = dict(cli.keyword_literal(a) for a in (sys.argv[1:] if argv is None else argv))
+  p = cli.ArgumentParser(prog="python -m experiments.replay",
+                         description=__doc__.split("\n")[0])
+  p.add_argument("rule", nargs="*", type=cli.keyword_literal, metavar="NAME=VALUE",
+                 help="autowu keyword arguments (Python literals); none: the defaults")
+  kwargs = dict(p.parse_args(sys.argv[1:] if argv is None else argv).rule)
   for name, losses, total, spe, switch in rule_search_traces():
-    d = replay(losses, total, spe, **kwargs)
+    try:
+      d = replay(losses, total, spe, **kwargs)
+    except (TypeError, ValueError) as e:
+      p.error(str(e))
     print(f"{name:28s} switch {d['switch_step']!s:>4} restart {d['restart_lr'] or 0:.4f} "
           f"{d['switch_reason']:18s}{'' if exact(d, switch) else ' (not exact)'}")
 

@@ -27,6 +27,9 @@ Schedules:
 ``warmup_cosine_lamb``      LAMB, linear warmup + cosine decay to 0
 ``warmup_cosine_adamp``     AdamP, linear warmup + cosine decay to 0
 ``warmup_cosine_adamw``     AdamW, linear warmup + cosine decay to 0
+``warmup_linear_lamb``      LAMB, linear warmup + linear decay to 0
+``warmup_linear_adamp``     AdamP, linear warmup + linear decay to 0
+``warmup_linear_adamw``     AdamW, linear warmup + linear decay to 0
 ``prodigy``                 ``optax.contrib.prodigy()`` (defaults)
 ``dadapt_adamw``            ``optax.contrib.dadapt_adamw()`` (defaults)
 ``schedule_free_adamw``     ``optax.contrib.schedule_free_adamw`` (default LR
@@ -83,6 +86,9 @@ DEFAULT_PEAK_LR: dict[str, float] = {
     "warmup_cosine_lamb": 1e-2,
     "warmup_cosine_adamp": 3e-3,
     "warmup_cosine_adamw": 3e-3,
+    "warmup_linear_lamb": 1e-2,
+    "warmup_linear_adamp": 3e-3,
+    "warmup_linear_adamw": 3e-3,
     "schedule_free_adamw": 2.5e-3,  # optax default.
     "mechanize_lamb": 1e-3,  # base LR of the inner LAMB.
     "reduce_on_plateau": 3e-3,
@@ -232,10 +238,17 @@ def _autowu(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
   return Built(tx, hp, _autowu_lr_fn, needs_value=True, is_autowu=True)
 
 
-def _warmup_cosine(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=a.lr, warmup_steps=a.warmup_steps,
-      decay_steps=max(a.total_steps, a.warmup_steps + 1), end_value=0.0)
+def _warmup_decay(make: Callable[..., Any], base: str, a: OptimizerArgs,
+                  decay: str = "cosine") -> Built:
+  if decay == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=a.lr, warmup_steps=a.warmup_steps,
+        decay_steps=max(a.total_steps, a.warmup_steps + 1), end_value=0.0)
+  else:  # Linear warmup, then linear decay to 0 at total_steps.
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, a.lr, a.warmup_steps),
+         optax.linear_schedule(a.lr, 0.0, max(a.total_steps - a.warmup_steps, 1))],
+        [a.warmup_steps])
   tx = make(schedule, weight_decay=a.weight_decay, mask=decay_mask)
   hp = dict(base=base, peak_lr=a.lr, warmup_steps=a.warmup_steps,
             warmup_fraction=a.warmup_fraction, weight_decay=a.weight_decay)
@@ -290,9 +303,14 @@ OPTIMIZERS: dict[str, Callable[[OptimizerArgs], Built]] = {
     "autowu_lamb": functools.partial(_autowu, optax_autolr.autowu_lamb, "lamb"),
     "autowu_adamp": functools.partial(_autowu, optax_autolr.autowu_adamp, "adamp"),
     "autowu_adamw": functools.partial(_autowu, optax_autolr.autowu_adamw, "adamw"),
-    "warmup_cosine_lamb": functools.partial(_warmup_cosine, optax.lamb, "lamb"),
-    "warmup_cosine_adamp": functools.partial(_warmup_cosine, optax_autolr.adamp, "adamp"),
-    "warmup_cosine_adamw": functools.partial(_warmup_cosine, optax.adamw, "adamw"),
+    "warmup_cosine_lamb": functools.partial(_warmup_decay, optax.lamb, "lamb"),
+    "warmup_cosine_adamp": functools.partial(_warmup_decay, optax_autolr.adamp, "adamp"),
+    "warmup_cosine_adamw": functools.partial(_warmup_decay, optax.adamw, "adamw"),
+    "warmup_linear_lamb": functools.partial(_warmup_decay, optax.lamb, "lamb", decay="linear"),
+    "warmup_linear_adamp": functools.partial(_warmup_decay, optax_autolr.adamp, "adamp",
+                                             decay="linear"),
+    "warmup_linear_adamw": functools.partial(_warmup_decay, optax.adamw, "adamw",
+                                             decay="linear"),
     "prodigy": functools.partial(_d_estimate, contrib.prodigy, contrib.ProdigyState),
     "dadapt_adamw": functools.partial(_d_estimate, contrib.dadapt_adamw,
                                       contrib.DAdaptAdamWState),

@@ -18,6 +18,9 @@ family), a batch size and a budget. Every case runs the same methods
   split** (held out from the training set) and reported on test;
 * ``grid_seeds``: the picked grid cell again with seeds 1-2 (after ``grid``),
   so the grid's best cell is also known as a mean of 3 seeds, like AutoWU;
+* ``grid_linear``: the picked grid cell (seed 0) with a linear decay to 0
+  instead of the cosine (after ``grid``): how much of AutoWU's linear decay a
+  tuned grid would get too;
 * the LR-free peers (:data:`PEERS`), seed 0, Optax defaults.
 
 Each run goes through the one train loop (:func:`experiments.train.run`) and
@@ -65,7 +68,7 @@ GRID_WARMUPS = [0.05, 0.2]
 AUTOWU_SEEDS = [0, 1, 2]
 PEERS = ["schedule_free_adamw", "prodigy", "dadapt_adamw", "mechanize_lamb",
          "reduce_on_plateau"]
-METHODS = ["autowu", "authors", "grid", "grid_seeds", *PEERS]
+METHODS = ["autowu", "authors", "grid", "grid_seeds", "grid_linear", *PEERS]
 VARIANTS: dict[str, dict[str, Any]] = {
     "valley03": {"valley_level": 0.3},
     "restart03": {"restart_fraction": 0.3},
@@ -82,6 +85,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "restart14": {"restart_fraction": 1.4},
     "knee02": {"knee_slope": 0.2},
     "knee15": {"knee_ratio": 1.5},
+    "linear": {"decay": "linear"},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
@@ -135,8 +139,8 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False,
          seeds: list[int] | None = None) -> list[dict[str, Any]]:
   """The runs of ``case`` for ``methods``: dicts with ``method`` and ``config``.
 
-  ``grid_seeds`` needs the case's grid ``records`` (its cell is picked on them);
-  without them it plans nothing. ``seeds``: the AutoWU seeds (default
+  ``grid_seeds`` and ``grid_linear`` need the case's grid ``records`` (its
+  cell is picked on them); without them they plan nothing. ``seeds``: the AutoWU seeds (default
   :data:`AUTOWU_SEEDS`; one seed screens a candidate, the report needs three).
   """
   autowu_seeds = AUTOWU_SEEDS[:1] if quick else (AUTOWU_SEEDS if seeds is None else seeds)
@@ -166,6 +170,11 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False,
       runs += [dict(method=m, seed=s, peak_lr=best["peak_lr"],
                     warmup_fraction=best["warmup_fraction"], config=dict(best["config"], seed=s))
                for s in AUTOWU_SEEDS[1:]] if best else []
+    elif m == "grid_linear":
+      best = picked_cell(case, records)
+      runs += [dict(method=m, seed=0, peak_lr=best["peak_lr"],
+                    warmup_fraction=best["warmup_fraction"], config=dict(
+                        best["config"], schedule=f"warmup_linear_{fam}"))] if best else []
     elif m in PEERS:
       runs.append(dict(method=m, seed=0, config=dict(base, schedule=m, seed=0)))
     else:
@@ -374,6 +383,7 @@ def _label(method: str) -> str:
 
 LABELS = {"autowu": "AutoWU defaults (ours)", "authors": "AutoWU, authors' rule",
           "grid": "tuned grid (picked on val)", "grid_seeds": "grid's cell, seeds 0-2",
+          "grid_linear": "grid's cell, linear decay",
           "schedule_free_adamw": "Schedule-Free AdamW",
           "prodigy": "Prodigy", "dadapt_adamw": "D-Adapt AdamW",
           "mechanize_lamb": "Mechanic (LAMB)", "reduce_on_plateau": "reduce-on-plateau"}

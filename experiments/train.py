@@ -119,7 +119,7 @@ class TrainConfig:
   test_every: int | str | None = None
   divergence_factor: float | None = _AUTOWU_DEFAULTS["divergence_factor"]
   max_warmup_fraction: float = _AUTOWU_DEFAULTS["max_warmup_fraction"]
-  decay: str = _AUTOWU_DEFAULTS["decay"]
+  decay: str | None = _AUTOWU_DEFAULTS["decay"]
   # Output.
   out_dir: str | None = None
   plot: bool = True
@@ -253,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                  type=cli.number(0, 1, low_open=True, high_open=True),
                  default=d.max_warmup_fraction,
                  help="longest warmup, as a fraction of the total steps, in (0, 1)")
-  a.add_argument("--decay", default=d.decay, choices=("cosine", "constant_cosine"),
-                 help="decay after the switch")
+  a.add_argument("--decay", default=d.decay, choices=("cosine", "constant_cosine", "linear"),
+                 help="decay after the switch (default: the library's, linear; under the "
+                      "authors' rule: cosine)")
   o = p.add_argument_group("output")
   o.add_argument("--out-dir", type=cli.output_dir, default=None,
                  help="output directory (default: runs/<schedule>_b<batch-size>_s<seed>)")

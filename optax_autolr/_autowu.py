@@ -58,14 +58,17 @@ _MAX_ABS_LOSS = 1e15
 _TESTS_PER_WARMUP = 40
 
 # The arguments of autowu whose default is None: the library's defaults
-# (chosen by measurement: experiments/results/rule_search.md) and the paper's
-# values, which the authors' rule (tests once an epoch, no guard) keeps.
-DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, min_descent=4.0,
-                valley_level=0.05, restart_fraction=1.0, spike_factor=1.3,
-                knee_slope=0.3, knee_ratio=2.0, minimum_after=3.0)
-AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, min_descent=0.0,
-               valley_level=0.0, restart_fraction=1.0, spike_factor=math.inf,
-               knee_slope=0.0, knee_ratio=3.0, minimum_after=1.0)
+# (chosen by measurement: experiments/results/rule_search.md and suite.md) and
+# the paper's values, which the authors' rule (tests once an epoch, no guard)
+# keeps.
+DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, decay='linear',
+                min_descent=4.0, valley_level=0.05, restart_fraction=1.0,
+                spike_factor=1.3, knee_slope=0.3, knee_ratio=2.0,
+                minimum_after=3.0)
+AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
+               min_descent=0.0, valley_level=0.0, restart_fraction=1.0,
+               spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
+               minimum_after=1.0)
 # The knee rule: warmup ends once the LR is ``knee_ratio`` x the knee's (the
 # last LR before the minimum where the log loss still fell by ``knee_slope``
 # per decade of LR), if the log loss had fallen by 0.1 before the knee.
@@ -196,6 +199,7 @@ class _Config(NamedTuple):
   min_lr: float
   max_lr: float
   warmup: str
+  decay: str
   decay_start: int
   confidence: float
   patience: int
@@ -248,11 +252,14 @@ def _warmup_lr(cfg: _Config, t) -> jax.Array:
 
 
 def _decay_lr(cfg: _Config, t, switch_step, restart_lr) -> jax.Array:
-  """Cosine (or constant-then-cosine) from ``restart_lr`` to 0 at T."""
+  """Cosine, constant-then-cosine or linear from ``restart_lr`` to 0 at T."""
   start = jnp.maximum(switch_step, cfg.decay_start)
   length = jnp.maximum(cfg.total_steps - start, 1).astype(jnp.float32)
   frac = jnp.clip((t - start).astype(jnp.float32) / length, 0.0, 1.0)
-  lr = restart_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  if cfg.decay == 'linear':
+    lr = restart_lr * (1.0 - frac)
+  else:
+    lr = restart_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
   return jnp.where(t >= cfg.total_steps, 0.0, lr)
 
 
@@ -639,7 +646,7 @@ def autowu(
     max_lr: float = 1.0,
     max_warmup_fraction: float | None = None,
     warmup: Literal['exp', 'linear'] = 'exp',
-    decay: Literal['cosine', 'constant_cosine'] = 'cosine',
+    decay: Literal['cosine', 'constant_cosine', 'linear'] | None = None,
     cooldown_fraction: float = 0.2,
     confidence: float = 0.95,
     patience: int = 3,
@@ -681,8 +688,9 @@ def autowu(
   (the paper's rule; by default, halfway in log LR between that minimum and
   the entry of its valley floor, at most the knee of the curve and at most
   the LR before the first loss spike), then decays it to zero at
-  ``total_steps`` (cosine, or constant then cosine over the last
-  ``cooldown_fraction``). Past ``total_steps`` the LR is 0. If
+  ``total_steps`` (linear by default; the paper's cosine, or constant then
+  cosine over the last ``cooldown_fraction``). Past ``total_steps`` the LR
+  is 0. If
   no switch happens by :math:`T_w`, decay starts from the LR reached.
 
   **Chain order.** The transformation multiplies the incoming updates by the
@@ -739,7 +747,10 @@ def autowu(
     max_warmup_fraction: :math:`f_w`, the longest warmup as a fraction of T,
       in (0, 1); ``None``: ``DEFAULTS['max_warmup_fraction']``.
     warmup: ``'exp'`` (exponential, the paper's) or ``'linear'``.
-    decay: ``'cosine'`` or ``'constant_cosine'``.
+    decay: the LR's shape from the restart to 0 at T: ``'linear'``,
+      ``'cosine'`` or ``'constant_cosine'`` (constant, then a cosine over the
+      last ``cooldown_fraction`` of T). ``None``: ``DEFAULTS['decay']``
+      (linear; the paper's is cosine).
     cooldown_fraction: fraction of T of the final cosine for
       ``'constant_cosine'``, in (0, 1].
     confidence: a test is positive if the past-minimum probability exceeds
@@ -788,8 +799,8 @@ def autowu(
   under the authors' rule (``test_every == steps_per_epoch`` and
   ``divergence_factor=None``), where they take the paper's values
   (``optax_autolr.AUTHORS``: ``min_lr=1e-5``, ``max_warmup_fraction=0.5``,
-  restart at the minimum, no gate, no spike cap). Any of them given
-  explicitly is used as given.
+  cosine decay, restart at the minimum, no gate, no spike cap). Any of them
+  given explicitly is used as given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
@@ -905,7 +916,7 @@ def _check_schedule_args(total_steps, min_lr, max_lr, max_warmup_fraction,
                                       max_warmup_fraction, 0.0, 1.0,
                                       low_open=True, high_open=True)
   c.check_choice('warmup', warmup, ('exp', 'linear'))
-  c.check_choice('decay', decay, ('cosine', 'constant_cosine'))
+  c.check_choice('decay', decay, ('cosine', 'constant_cosine', 'linear'))
   cooldown_fraction = c.check_float('cooldown_fraction', cooldown_fraction,
                                     0.0, 1.0, low_open=True)
   warmup_steps = int(math.floor(max_warmup_fraction * total_steps))
@@ -915,7 +926,7 @@ def _check_schedule_args(total_steps, min_lr, max_lr, max_warmup_fraction,
         f'{max_warmup_fraction} * {total_steps}.')
   decay_start = (int(math.floor((1.0 - cooldown_fraction) * total_steps))
                  if decay == 'constant_cosine' else 0)
-  return dict(min_lr=min_lr, max_lr=max_lr, warmup=warmup,
+  return dict(min_lr=min_lr, max_lr=max_lr, warmup=warmup, decay=decay,
               warmup_steps=warmup_steps, decay_start=decay_start,
               max_warmup_fraction=max_warmup_fraction)
 
@@ -986,7 +997,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   authors = _is_authors_rule(test_every, divergence_factor, steps_per_epoch)
   preset = AUTHORS if authors else DEFAULTS
   given = dict(min_lr=min_lr, max_warmup_fraction=max_warmup_fraction,
-               min_descent=min_descent, valley_level=valley_level,
+               decay=decay, min_descent=min_descent, valley_level=valley_level,
                restart_fraction=restart_fraction, spike_factor=spike_factor,
                knee_slope=knee_slope, knee_ratio=knee_ratio,
                minimum_after=minimum_after)
@@ -996,7 +1007,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                           r['knee_slope'], r['knee_ratio'],
                           r['minimum_after'])
   sched = _check_schedule_args(total_steps, r['min_lr'], max_lr,
-                               r['max_warmup_fraction'], warmup, decay,
+                               r['max_warmup_fraction'], warmup, r['decay'],
                                cooldown_fraction)
   test = _check_test_args(total_steps, steps_per_epoch, sched['warmup_steps'],
                           sched.pop('max_warmup_fraction'), confidence,

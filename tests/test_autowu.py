@@ -103,11 +103,12 @@ def _lr_trajectory(tx, num_steps, loss_fn=lambda t: 10.0 - 1e-3 * t):
   return run()
 
 
-@pytest.mark.parametrize('warmup', ['exp', 'linear'])
-def test_warmup_and_cosine_values_are_exact(warmup):
+@pytest.mark.parametrize('warmup, decay', [
+    ('exp', None), ('linear', None), ('exp', 'cosine'), ('linear', 'linear')])
+def test_warmup_and_decay_values_are_exact(warmup, decay):
   total, tw = 400, 200
   tx = oa.autowu(total, 20, warmup=warmup, min_lr=1e-4, max_lr=0.5,
-                 max_warmup_fraction=0.5)
+                 max_warmup_fraction=0.5, decay=decay)
   state, (lrs, phases) = _lr_trajectory(tx, total + 10)
   t = np.arange(tw)
   if warmup == 'exp':
@@ -115,10 +116,11 @@ def test_warmup_and_cosine_values_are_exact(warmup):
   else:
     expected = 1e-4 + (0.5 - 1e-4) * t / tw
   np.testing.assert_allclose(lrs[:tw], expected, rtol=2e-5)
-  t = np.arange(tw, total)
-  np.testing.assert_allclose(
-      lrs[tw:total], 0.5 * 0.5 * (1 + np.cos(np.pi * (t - tw) / (total - tw))),
-      rtol=2e-5, atol=1e-7)
+  frac = (np.arange(tw, total) - tw) / (total - tw)
+  shape = (0.5 * (1 + np.cos(np.pi * frac)) if decay == 'cosine'
+           else 1.0 - frac)  # The default (None) is linear.
+  assert oa.DEFAULTS['decay'] == 'linear'
+  np.testing.assert_allclose(lrs[tw:total], 0.5 * shape, rtol=2e-5, atol=1e-7)
   np.testing.assert_array_equal(lrs[total:], 0.0)
   np.testing.assert_array_equal(phases, (np.arange(total + 10) >= tw))
   assert int(state.switch_reason) == oa.MAX_WARMUP
@@ -181,7 +183,7 @@ def test_authors_rule_tests_once_an_epoch():
     (dict(max_warmup_fraction=1.0), 'max_warmup_fraction'),
     (dict(max_warmup_fraction=1e-5), 'max_warmup_fraction'),
     (dict(warmup='cosine'), 'warmup'),
-    (dict(decay='linear'), 'decay'),
+    (dict(decay='step'), 'decay'),
     (dict(cooldown_fraction=0.0), 'cooldown_fraction'),
     (dict(confidence=0.5), 'confidence'),
     (dict(confidence=1.0), 'confidence'),
@@ -393,7 +395,7 @@ def test_state_is_flat_named_scalars_and_the_window():
 def test_authors_rule_keeps_the_papers_values():
   """Under the authors' rule the None-default arguments take the paper's."""
   preset = dict(test_every=SPE, divergence_factor=None)
-  paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5,
+  paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
                minimum_after=1.0)

@@ -137,7 +137,7 @@ def test_cli_user_error_is_two_lines_exit_2(cli_results, case):
     (["--subset", "5"], "--subset", "N_TRAIN,N_TEST"),
     (["--subset", "0,5"], "--subset", "N_TRAIN,N_TEST"),
     (["--schedule", "sgd"], "--schedule", "autowu_lamb"),
-    (["--decay", "linear"], "--decay", "cosine"),
+    (["--decay", "step"], "--decay", "linear"),
     (["--resume"], "--resume", "--checkpoint-dir"),
 ])
 def test_train_flag_errors_in_process(args, flag, allowed, capsys, monkeypatch):

@@ -72,6 +72,12 @@ def test_run_key_fills_defaults_and_ignores_output_fields():
     assert k == compare.run_key(dict(base, out_dir="/x", quiet=True, plot=False))
     assert k != compare.run_key(dict(base, test_every="epoch"))
     assert "divergence_factor" in json.loads(k)
+    assert k != compare.run_key(dict(base, decay="cosine"))
+    # The AutoWU fields do not key other schedules: their cached runs survive a change of
+    # AutoWU's defaults.
+    grid = dict(base, schedule="warmup_cosine_lamb", peak_lr=0.01)
+    assert compare.run_key(grid) == compare.run_key(dict(grid, decay="cosine", test_every=5))
+    assert "decay" not in json.loads(compare.run_key(grid))
 
 
 # ---------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_non_finite_loss_in_warmup_restarts_at_gp_minimum(u_reference):
       state.restart_lr, min(_warmup_lr(argmin_step), _warmup_lr(last - 1)),
       rtol=1e-5)
   # ... near the true minimum (step 60), below the LR that led to the
-  # non-finite loss; then the cosine decay starts from it.
+  # non-finite loss; then the decay starts from it.
   assert 0.5 < float(state.restart_lr) / _warmup_lr(60) < 2.0
   assert float(state.restart_lr) < float(results[0][bad_step - 1])
   assert float(results[0][bad_step]) == pytest.approx(float(state.restart_lr))

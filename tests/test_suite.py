@@ -40,6 +40,9 @@ def test_grid_seeds_rerun_the_picked_cell_and_give_the_gap_to_its_mean():
   runs = suite.plan(case, ["grid_seeds"], records=grid)
   assert [(r["seed"], r["peak_lr"], r["config"]["seed"]) for r in runs] == [
       (1, 1e-2, 1), (2, 1e-2, 2)]
+  assert suite.plan(case, ["grid_linear"]) == []
+  (lin,) = suite.plan(case, ["grid_linear"], records=grid)  # The picked cell, linear decay.
+  assert lin["config"] == dict(schedule="warmup_linear_lamb", seed=0, peak_lr=1e-2)
   records = grid + [_rec("grid_seeds", 0.9, 0.78, seed=1, peak=1e-2),
                     _rec("grid_seeds", 0.9, 0.82, seed=2, peak=1e-2),
                     _rec("grid_seeds", 0.9, 0.99, seed=1, peak=1e-1),  # Another cell.
@@ -63,7 +66,7 @@ def test_every_case_plans_its_methods():
     by = {m: [r for r in runs if r["method"] == m] for m in suite.METHODS}
     assert [r["seed"] for r in by["autowu"]] == suite.AUTOWU_SEEDS
     assert len(by["grid"]) == 12 and all(len(by[m]) == 1 for m in suite.PEERS)
-    assert by["grid_seeds"] == []  # Planned from the grid's records only.
+    assert by["grid_seeds"] == by["grid_linear"] == []  # From the grid's records only.
     if case["epochs"] >= 2:
       assert by["authors"][0]["config"]["test_every"] == "epoch"
     else:  # Once an epoch, within half the budget: no test in one epoch.
@@ -138,12 +141,13 @@ def test_targets_table_marks_each_target_from_the_summaries(tmp_path):
   assert "not the current one" in md
 
 
+@pytest.mark.parametrize("module", ["flat_start", "replay"])
 @pytest.mark.parametrize("arg", ["min_descent", "min_descent=oops", "min_descent=-1.0"])
-def test_flat_start_cli_errors_are_two_lines(arg, capsys):
-  from experiments import flat_start  # noqa: PLC0415
+def test_rule_cli_errors_are_two_lines(module, arg, capsys):
+  import importlib  # noqa: PLC0415
 
   with pytest.raises(SystemExit) as exc:
-    flat_start.main([arg])
+    importlib.import_module(f"experiments.{module}").main([arg])
   assert exc.value.code == 2
   err = capsys.readouterr().err
   assert "min_descent" in err and len(err.strip().splitlines()) <= 2

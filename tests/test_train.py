@@ -96,6 +96,14 @@ def test_warmup_cosine_lr_fn_matches_schedule():
     assert info.hparams["warmup_steps"] == 10
 
 
+def test_warmup_linear_decays_linearly_to_zero():
+    _, _, info = schedules.make_optimizer(
+        "warmup_linear_adamw", total_steps=100, steps_per_epoch=10, peak_lr=0.1,
+        warmup_fraction=0.1)
+    lrs = [float(info.lr_fn(None, jnp.asarray(t))[0]) for t in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(lrs, [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-7)
+
+
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
