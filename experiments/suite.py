@@ -85,7 +85,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "restart14": {"restart_fraction": 1.4},
     "knee02": {"knee_slope": 0.2},
     "knee15": {"knee_ratio": 1.5},
-    "linear": {"decay": "linear"},
+    "linear": {"decay": "linear"},  # The default since library 328f8bd4b512.
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
@@ -140,8 +140,9 @@ def plan(case: dict[str, Any], methods: Iterable[str], *, quick: bool = False,
   """The runs of ``case`` for ``methods``: dicts with ``method`` and ``config``.
 
   ``grid_seeds`` and ``grid_linear`` need the case's grid ``records`` (its
-  cell is picked on them); without them they plan nothing. ``seeds``: the AutoWU seeds (default
-  :data:`AUTOWU_SEEDS`; one seed screens a candidate, the report needs three).
+  cell is picked on them); without them they plan nothing. ``seeds``: the
+  AutoWU seeds (default :data:`AUTOWU_SEEDS`; one seed screens a candidate,
+  the report needs three).
   """
   autowu_seeds = AUTOWU_SEEDS[:1] if quick else (AUTOWU_SEEDS if seeds is None else seeds)
   base = dict(model=case["model"], dataset=case["dataset"], batch_size=case["batch_size"],
