@@ -260,8 +260,10 @@ def run_key(train_config: dict[str, Any]) -> str:
   from experiments import train  # noqa: PLC0415
 
   cfg = dataclasses.asdict(train.TrainConfig(**train_config))
-  skip = _NON_KEY_FIELDS | (frozenset() if cfg["schedule"] in train.schedules_lib.AUTOWU_SCHEDULES
-                            else _AUTOWU_ONLY_FIELDS)
+  schedule = cfg["schedule"].lower().replace("-", "_")  # As train.run reads it.
+  lib = train.schedules_lib
+  other = schedule in lib.SCHEDULES and schedule not in lib.AUTOWU_SCHEDULES
+  skip = _NON_KEY_FIELDS | (_AUTOWU_ONLY_FIELDS if other else frozenset())
   key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k not in skip}
   return json.dumps(key, sort_keys=True, default=str)
 

@@ -240,6 +240,9 @@ def _autowu(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
 
 def _warmup_decay(make: Callable[..., Any], base: str, a: OptimizerArgs,
                   decay: str = "cosine") -> Built:
+  """``make`` with a linear warmup to ``a.lr``, then a ``decay`` (cosine or linear) to 0."""
+  if decay not in ("cosine", "linear"):
+    raise ValueError(f"decay must be 'cosine' or 'linear', got {decay!r}")
   if decay == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=a.lr, warmup_steps=a.warmup_steps,
@@ -346,12 +349,12 @@ def make_optimizer(
     total_steps: number of updates of the whole run.
     steps_per_epoch: updates per epoch (AutoWU's test period,
       reduce-on-plateau's averaging window).
-    peak_lr: peak LR of the warmup-cosine schedules, LR of Schedule-Free
+    peak_lr: peak LR of the warmup-cosine/-linear schedules, LR of Schedule-Free
       AdamW and reduce-on-plateau's Adam, base LR of Mechanic's LAMB. None
       takes :data:`DEFAULT_PEAK_LR`. Ignored (recorded as None) by the
       LR-free methods and AutoWU.
     warmup_fraction: linear-warmup length as a fraction of ``total_steps``
-      (warmup-cosine and Schedule-Free), in ``[0, 1)``.
+      (warmup-cosine/-linear and Schedule-Free), in ``[0, 1)``.
     weight_decay: decoupled weight-decay rate (see the module docstring).
     autowu_kwargs: keyword arguments for :func:`optax_autolr.autowu`
       (``autowu_*`` schedules only; an error for the others).

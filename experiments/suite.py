@@ -342,9 +342,10 @@ def summarize(case: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, 
                          "methods": {}}
   for m in ALL_METHODS:
     rs = [best] if m == "grid" and best else [r for r in records if r["method"] == m]
-    if m == "grid_seeds" and best and rs:  # The picked cell, seeds 0-2.
-      rs = [best] + [r for r in rs if (r["peak_lr"], r["warmup_fraction"])
-                     == (best["peak_lr"], best["warmup_fraction"])]
+    if m in ("grid_seeds", "grid_linear") and best and rs:  # The picked cell only.
+      rs = [r for r in rs if (r["peak_lr"], r["warmup_fraction"])
+            == (best["peak_lr"], best["warmup_fraction"])]
+      rs = [best] + rs if m == "grid_seeds" else rs  # Seeds 0-2.
     if not rs:
       continue
     vals = np.array([_test(case, r) for r in rs])

@@ -225,13 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--seed", type=cli.integer(), default=d.seed,
                  help="seed of the initialization and the data order")
   g.add_argument("--peak-lr", type=cli.number(0, low_open=True), default=d.peak_lr,
-                 help="peak LR of the warmup_cosine_* schedules, LR of schedule_free_adamw "
+                 help="peak LR of the warmup_cosine_* / warmup_linear_* schedules, LR of "
+                      "schedule_free_adamw "
                       "and reduce_on_plateau, base LR of mechanize_lamb "
                       "(default: per schedule, see experiments/schedules.py)")
   g.add_argument("--warmup-fraction", type=cli.number(0, 1, high_open=True),
                  default=d.warmup_fraction,
-                 help="linear warmup fraction of warmup_cosine_* and schedule_free_adamw, "
-                      "in [0, 1)")
+                 help="linear warmup fraction of warmup_cosine_*, warmup_linear_* and "
+                      "schedule_free_adamw, in [0, 1)")
   g.add_argument("--weight-decay", type=cli.number(0), default=d.weight_decay,
                  help="decoupled weight decay (kernels only where the optimizer takes a mask)")
   g.add_argument("--subset", type=_subset, default=None, metavar="N_TRAIN,N_TEST",

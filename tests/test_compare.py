@@ -78,6 +78,9 @@ def test_run_key_fills_defaults_and_ignores_output_fields():
     grid = dict(base, schedule="warmup_cosine_lamb", peak_lr=0.01)
     assert compare.run_key(grid) == compare.run_key(dict(grid, decay="cosine", test_every=5))
     assert "decay" not in json.loads(compare.run_key(grid))
+    # Spelled as train.run accepts it, an AutoWU schedule keeps its AutoWU fields.
+    assert compare.run_key(dict(base, schedule="AutoWU-LAMB", test_every="epoch")) != \
+        compare.run_key(dict(base, schedule="AutoWU-LAMB"))
 
 
 # ---------------------------------------------------------------------------

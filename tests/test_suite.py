@@ -51,6 +51,13 @@ def test_grid_seeds_rerun_the_picked_cell_and_give_the_gap_to_its_mean():
   assert s["methods"]["grid_seeds"]["n"] == 3
   assert s["methods"]["grid_seeds"]["mean"] == pytest.approx(80.0)
   assert s["methods"]["autowu"]["gap_seeds"] == pytest.approx(1.0)
+  # A linear-decay run of another cell (picked before the grid grew) is not the picked cell's.
+  s = suite.summarize(case, grid + [_rec("grid_linear", 0.9, 0.85, peak=1e-1)])
+  assert "grid_linear" not in s["methods"]
+  s = suite.summarize(case, grid + [_rec("grid_linear", 0.9, 0.85, peak=1e-1),
+                                    _rec("grid_linear", 0.9, 0.81, peak=1e-2)])
+  assert s["methods"]["grid_linear"]["n"] == 1
+  assert s["methods"]["grid_linear"]["gap"] == pytest.approx(1.0)
 
 
 def test_grid_peaks_select_the_cases_own_cells_exactly():
