@@ -95,10 +95,6 @@ METHOD_ORDER: tuple[str, ...] = AUTOWU_METHODS + (GRID, GRID_DEFAULT) + LR_FREE_
 # TrainConfig fields that do not change what is trained (not part of the run key).
 _NON_KEY_FIELDS = frozenset(
     {"data_dir", "out_dir", "plot", "tensorboard", "quiet", "checkpoint_dir", "resume"})
-# TrainConfig fields that only the AutoWU schedules read (not in other runs' keys, so a
-# change of their defaults leaves the cached grid and peer runs valid).
-_AUTOWU_ONLY_FIELDS = frozenset(
-    {"autowu", "test_every", "divergence_factor", "max_warmup_fraction", "decay"})
 # Sources whose change changes the results (hashed into the code version).
 _CODE_FILES = ("experiments/train.py", "experiments/schedules.py", "experiments/data.py",
                "experiments/models.py")
@@ -260,10 +256,10 @@ def run_key(train_config: dict[str, Any]) -> str:
   from experiments import train  # noqa: PLC0415
 
   cfg = dataclasses.asdict(train.TrainConfig(**train_config))
-  schedule = cfg["schedule"].lower().replace("-", "_")  # As train.run reads it.
-  lib = train.schedules_lib
+  lib, schedule = train.schedules_lib, train.schedules_lib.canonical(cfg["schedule"])
   other = schedule in lib.SCHEDULES and schedule not in lib.AUTOWU_SCHEDULES
-  skip = _NON_KEY_FIELDS | (_AUTOWU_ONLY_FIELDS if other else frozenset())
+  # Not in other runs' keys: a change of AutoWU's defaults leaves cached grids valid.
+  skip = _NON_KEY_FIELDS | (set(train.TrainConfig.AUTOWU_FIELDS) if other else set())
   key = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k not in skip}
   return json.dumps(key, sort_keys=True, default=str)
 

@@ -88,11 +88,13 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("rule", nargs="*", type=cli.keyword_literal, metavar="NAME=VALUE",
                  help="autowu keyword arguments (Python literals); none: the defaults")
   kwargs = dict(p.parse_args(sys.argv[1:] if argv is None else argv).rule)
-  try:  # The arguments' own errors, before any replay.
-    optax_autolr.autowu(1000, 10, **kwargs)
+  traces = list(rule_search_traces())
+  try:  # The arguments' own errors, on the traces' budgets, before any replay.
+    for _, _, total, spe, _ in traces:
+      optax_autolr.autowu(total, spe, **kwargs)
   except (TypeError, ValueError) as e:
     p.error(str(e))
-  for name, losses, total, spe, switch in rule_search_traces():
+  for name, losses, total, spe, switch in traces:
     d = replay(losses, total, spe, **kwargs)
     print(f"{name:28s} switch {d['switch_step']!s:>4} restart {d['restart_lr'] or 0:.4f} "
           f"{d['switch_reason']:18s}{'' if exact(d, switch) else ' (not exact)'}")

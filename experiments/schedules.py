@@ -69,6 +69,7 @@ import optax_autolr
 __all__ = [
     "SCHEDULES",
     "AUTOWU_SCHEDULES",
+    "canonical",
     "Built",
     "DEFAULT_PEAK_LR",
     "DEFAULT_WEIGHT_DECAY",
@@ -332,6 +333,11 @@ AUTOWU_SCHEDULES: tuple[str, ...] = tuple(
 """The schedules whose state is AutoWU's (``optax_autolr.get_switch`` applies)."""
 
 
+def canonical(name: str) -> str:
+  """A schedule name as :data:`SCHEDULES` spells it (case-insensitive, ``-`` for ``_``)."""
+  return name.lower().replace("-", "_")
+
+
 def make_optimizer(
     name: str,
     *,
@@ -362,7 +368,7 @@ def make_optimizer(
   Returns:
     ``(tx, needs_value, info)``; see the module docstring.
   """
-  key = name.lower().replace("-", "_")
+  key = canonical(name)
   if key not in OPTIMIZERS:
     raise ValueError(f"Unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
   _check_int("total_steps", total_steps, 1)

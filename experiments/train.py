@@ -133,8 +133,11 @@ class TrainConfig:
       return Path(self.out_dir)
     return Path("runs") / f"{self.schedule}_b{self.batch_size}_s{self.seed}"
 
+  AUTOWU_FIELDS = ("max_warmup_fraction", "decay", "divergence_factor", "test_every", "autowu")
+  """The fields only the AutoWU schedules read (through :meth:`autowu_kwargs`)."""
+
   def autowu_kwargs(self, steps_per_epoch: int) -> dict[str, Any]:
-    """Keyword arguments for :func:`optax_autolr.autowu`."""
+    """Keyword arguments for :func:`optax_autolr.autowu` (from :data:`AUTOWU_FIELDS`)."""
     kw: dict[str, Any] = {
         "max_warmup_fraction": self.max_warmup_fraction,
         "decay": self.decay,
@@ -327,7 +330,7 @@ def check_config(cfg: TrainConfig, n_train: int | None = None) -> None:
         f"examples of {where}; pass --batch-size {n_train} or less")
   steps_per_epoch = data_lib.num_batches(n_train, cfg.batch_size)
   total_steps = steps_per_epoch * cfg.epochs
-  schedule = cfg.schedule.lower().replace("-", "_")
+  schedule = schedules_lib.canonical(cfg.schedule)
   try:
     schedules_lib.make_optimizer(
         schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
@@ -686,7 +689,7 @@ def setup(cfg: TrainConfig, dataset: data_lib.Dataset) -> Setup:
     raise cli.UsageError(f"argument --batch-size: {cfg.batch_size} is larger than the "
                          f"{n_train} training examples")
   total_steps = steps_per_epoch * cfg.epochs
-  schedule = cfg.schedule.lower().replace("-", "_")
+  schedule = schedules_lib.canonical(cfg.schedule)
   is_autowu = schedule in schedules_lib.AUTOWU_SCHEDULES
   tx, needs_value, info = schedules_lib.make_optimizer(
       schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
