@@ -30,6 +30,14 @@ def test_grid_cell_is_picked_on_validation_not_test():
   assert a["steps"] == [20, None]  # Reaches the grid's val 0.90 at epoch 2; never.
 
 
+def test_a_diverged_grid_cell_is_never_picked():
+  case = suite.CASES[0]
+  diverged = dict(_rec("grid", None, None, peak=1e-1), case=case["name"])
+  fine = dict(_rec("grid", 0.80, 0.79, peak=1e-2), case=case["name"])
+  for records in ([diverged, fine], [fine, diverged]):  # NaN first: max() would keep it.
+    assert suite.picked_cell(case, records) is fine
+
+
 def test_grid_seeds_rerun_the_picked_cell_and_give_the_gap_to_its_mean():
   case = suite.CASES[0]
   grid = [dict(_rec("grid", 0.90, 0.80, peak=1e-2), case=case["name"],
