@@ -6,6 +6,12 @@ same ramp (``min_lr``, ``max_lr``, ``max_warmup_fraction``) would have seen.
 :func:`replay` feeds such a stream to ``optax_autolr.autowu`` and returns the
 rule's decision; it is exact for every rule that switches no later than the
 recorded run did (:func:`exact`), which makes comparing decision rules cheap.
+
+The traces hold losses, not gradients: a replay runs without ``gradients=``,
+so AutoWU's coherence rule is off in it (the decision of a plain
+``optax.chain(optimizer, autowu(...))``). Where the recorded run's start was
+incoherent (the AdamW image cases), its restart is the largest LR tested and
+the replay's the restart point.
 """
 
 from __future__ import annotations

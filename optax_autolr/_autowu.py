@@ -64,11 +64,11 @@ _TESTS_PER_WARMUP = 40
 DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, decay='linear',
                 min_descent=4.0, valley_level=0.05, restart_fraction=1.0,
                 spike_factor=1.3, knee_slope=0.3, knee_ratio=2.0,
-                minimum_after=3.0)
+                minimum_after=3.0, coherence_threshold=0.3)
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                min_descent=0.0, valley_level=0.0, restart_fraction=1.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
-               minimum_after=1.0)
+               minimum_after=1.0, coherence_threshold=-1.0)
 # The knee rule: warmup ends once the LR is ``knee_ratio`` x the knee's (the
 # last LR before the minimum where the log loss still fell by ``knee_slope``
 # per decade of LR), if the log loss had fallen by 0.1 before the knee.
@@ -76,10 +76,15 @@ _KNEE_DROP = 0.1
 # The spike test: a loss this many noise scales above the smallest smoothed
 # loss (noise scale: EMA of |successive loss differences|, ~1.13 noise std).
 _SPIKE_NOISE_SCALES = 4.0
+# The coherence of the start: the mean cosine of successive minibatch
+# gradients over this fraction of the maximal warmup (at least 2 cosines),
+# each gradient leaf sampled at this many evenly strided entries at most.
+_COHERENCE_FRACTION = 0.1
+_COHERENCE_SAMPLE = 4096
 
 
 class AutoWUState(NamedTuple):
-  """State of :func:`autowu`: named scalars, the loss window and the config.
+  """State of :func:`autowu`: named scalars, the loss and gradient samples.
 
   Every field is a fixed-shape array, so the state checkpoints (Orbax) and
   works with ``optax.tree_utils.tree_get(state, 'lr')``, ``lax.scan`` and
@@ -119,10 +124,20 @@ class AutoWUState(NamedTuple):
       warmup (0 for the linear one, which has no knee rule).
     minimum_after: float32, no confident minimum and no knee before the LR
       is this many times ``min_lr``.
+    grad_sample: the last minibatch gradient given as ``gradients=`` over
+      the first tenth of the maximal warmup, each leaf sampled at evenly
+      strided entries (at most 4096) and flattened, float32; zeros if none
+      was given (``None`` for ``init(None)``).
+    coherence_sum: float32, sum of the cosines of successive sampled
+      gradients over the first tenth of the maximal warmup.
+    coherence_count: int32, their number.
 
-  The last ten are constants of the transformation, kept so that
-  :func:`loss_curve_posterior` reproduces a decision from the state alone and
-  :func:`check_restored` can tell a checkpoint made for another budget.
+  The ten from ``total_steps`` to ``minimum_after`` are constants of the
+  transformation, kept so that
+  :func:`loss_curve_posterior` reproduces a decision (its probability and
+  restart point; not ``coherence_threshold``, which is not kept) from the
+  state alone and :func:`check_restored` can tell a checkpoint made for
+  another budget.
   """
 
   count: jax.Array
@@ -150,6 +165,9 @@ class AutoWUState(NamedTuple):
   knee_slope: jax.Array
   log_lr_range: jax.Array
   minimum_after: jax.Array
+  grad_sample: Any
+  coherence_sum: jax.Array
+  coherence_count: jax.Array
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -216,6 +234,8 @@ class _Config(NamedTuple):
   knee_slope: float
   knee_ratio: float
   minimum_after: float
+  coherence_threshold: float
+  coherence_steps: int
 
 
 def default_test_every(total_steps: int, steps_per_epoch: int,
@@ -351,6 +371,103 @@ def _spike(cfg: _Config, state: AutoWUState, loss, window, keep,
                        _warmup_lr(cfg, jnp.maximum(state.count - 1, 0)),
                        state.spike_lr)
   return _Spike(spike_lr, last_loss, diff_ema)
+
+
+def _sample_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Per-axis strides of a leaf's gradient sample (at most 4096 entries).
+
+  Striding each axis, rather than the flattened leaf, keeps a sharded leaf
+  sharded: only the sample is gathered, never the whole leaf.
+  """
+  shape = tuple(int(d) for d in shape)
+  strides = [1] * len(shape)
+  kept = lambda: [-(-d // s) for d, s in zip(shape, strides)]  # ceil
+  while math.prod(kept()) > _COHERENCE_SAMPLE:
+    i = int(np.argmax(kept()))  # Halve the longest sampled axis.
+    strides[i] = -(-shape[i] // max(1, kept()[i] // 2))
+  return tuple(strides)
+
+
+def _sample_shape(shape: tuple[int, ...]) -> tuple[int]:
+  """Shape of a leaf's (flattened) sample."""
+  return (math.prod(-(-int(d) // s)
+                    for d, s in zip(shape, _sample_strides(shape))),)
+
+
+def _sample_weight(shape: tuple[int, ...]) -> float:
+  """Entries of the leaf per sampled entry: weights its sums in the cosine."""
+  return math.prod(int(d) for d in shape) / max(_sample_shape(shape)[0], 1)
+
+
+def _grad_sample(tree: Any) -> Any:
+  """Each leaf of ``tree`` at evenly strided entries, flattened, float32."""
+  def sample(x):
+    index = tuple(slice(None, None, s) for s in _sample_strides(jnp.shape(x)))
+    return jnp.ravel(jnp.asarray(x)[index]).astype(jnp.float32)
+
+  return jax.tree.map(sample, tree)
+
+
+class _Coherence(NamedTuple):
+  grad_sample: Any
+  coherence_sum: jax.Array
+  coherence_count: jax.Array
+
+
+def _cosine(new: list[jax.Array], old: list[jax.Array],
+            weights: list[float]) -> jax.Array:
+  """Cosine of two sampled gradients, each leaf's sums weighted.
+
+  Each side is first scaled by its largest entry, so that neither tiny nor
+  huge gradients underflow or overflow the squared norms (NaN if a side is
+  zero or not finite).
+  """
+  def scaled(leaves):
+    top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a)) for a in leaves])
+    return [a / top for a in leaves]
+
+  a, b = scaled(new), scaled(old)
+  dot = sum(w * jnp.sum(x * y) for w, x, y in zip(weights, a, b))
+  norm_a = sum(w * jnp.sum(x * x) for w, x in zip(weights, a))
+  norm_b = sum(w * jnp.sum(y * y) for w, y in zip(weights, b))
+  return dot * jax.lax.rsqrt(norm_a) * jax.lax.rsqrt(norm_b)
+
+
+def _coherence(cfg: _Config, state: AutoWUState, gradients) -> _Coherence:
+  """The start's coherence: cosines of successive minibatch gradients.
+
+  Over the first ``coherence_steps`` steps of the warmup, the cosine of each
+  gradient with the previous one, on their strided samples (each leaf's
+  sums weighted by its entries per sampled entry, which estimates the whole
+  gradient's). Near 1 while the gradient's signal dominates its minibatch
+  noise, near 0 when the start is already noise-dominated. Past those steps
+  (and without ``gradients``) nothing is computed.
+  """
+  kept = _Coherence(state.grad_sample, state.coherence_sum,
+                    state.coherence_count)
+  leaves = jax.tree.leaves(gradients)
+  if gradients is None or not leaves:
+    return kept
+  t = state.count
+  active = (state.phase == WARMUP) & (t <= cfg.coherence_steps)
+
+  def measure():
+    new = jax.tree.leaves(_grad_sample(gradients))
+    cosine = _cosine(new, jax.tree.leaves(state.grad_sample),
+                     [_sample_weight(jnp.shape(g)) for g in leaves])
+    use = (t >= 1) & jnp.isfinite(cosine)
+    return _Coherence(
+        jax.tree.unflatten(jax.tree.structure(state.grad_sample), new),
+        jnp.where(use, state.coherence_sum + cosine, state.coherence_sum),
+        jnp.where(use, state.coherence_count + 1, state.coherence_count))
+
+  return jax.lax.cond(active, measure, lambda: kept)
+
+
+def _incoherent_start(cfg: _Config, coherence: _Coherence) -> jax.Array:
+  """Whether the start's mean gradient cosine is below ``coherence_threshold``."""
+  mean = coherence.coherence_sum / jnp.maximum(coherence.coherence_count, 1)
+  return (coherence.coherence_count > 0) & (mean < cfg.coherence_threshold)
 
 
 def minimum_test(window: window_lib.LossWindow, last_step: jax.Array, *,
@@ -578,18 +695,24 @@ def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
 
 
 def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
-                spike_lr):
+                spike_lr, incoherent):
   """The LR the decay starts from, for a switch at step ``t``.
 
   ``restart_fraction`` x the warmup LR at the test's restart point, or the LR
   reached when the maximal warmup ends without a minimum; at most the LR
-  before the first loss spike. The loss seen at step t follows the update made
-  with the LR of step t - 1: after a non-finite loss, restart at most from the
-  LR of step t - 2, the largest one whose outcome was finite.
+  before the first loss spike. After a noise-dominated start
+  (``incoherent``), a confident minimum or a passed knee restarts from the
+  largest LR tested instead of the restart point. The loss seen at step t
+  follows the update made with the LR of step t - 1: after a non-finite loss,
+  restart at most from the LR of step t - 2, the largest one whose outcome
+  was finite.
   """
   at_point = jnp.minimum(  # Never above the largest LR tested.
       cfg.restart_fraction * _warmup_lr(cfg, argmin * t_data),
       _warmup_lr(cfg, t_data))
+  by_test = (reason == CONFIDENT_MINIMUM) | (reason == KNEE_PASSED)
+  at_point = jnp.where(incoherent & by_test, _warmup_lr(cfg, t_data),
+                       at_point)
   restart = jnp.minimum(
       jnp.where(reason == MAX_WARMUP, _warmup_lr(cfg, t), at_point), spike_lr)
   return jnp.where(non_finite,
@@ -598,9 +721,10 @@ def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _update(cfg: _Config, updates, state: AutoWUState, loss):
+def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients):
   """One AutoWU update (jitted: one dispatch per eager call)."""
   t = state.count
+  coherence = _coherence(cfg, state, gradients)
   window, keep, finite = _push(state, loss)
   guard = _guard(cfg, state, loss, window, keep, finite)
   spike = _spike(cfg, state, loss, window, keep, guard)
@@ -618,7 +742,7 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss):
   positives, reason = _decide(cfg, state, is_test, probability, knee, guard)
   switch = reason != NOT_SWITCHED
   restart = _restart_lr(cfg, reason, t, t_data, argmin, guard.non_finite,
-                        spike.spike_lr)
+                        spike.spike_lr, _incoherent_start(cfg, coherence))
   switch_step = jnp.where(switch, t, state.switch_step)
   restart_lr = jnp.where(switch, restart, state.restart_lr)
   phase = jnp.where(switch, DECAY, state.phase)
@@ -631,7 +755,7 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss):
       switch_reason=jnp.where(switch, reason, state.switch_reason),
       loss_ema=guard.loss_ema, ema_min=guard.ema_min,
       spike_lr=spike.spike_lr, last_loss=spike.last_loss,
-      diff_ema=spike.diff_ema, window=window)
+      diff_ema=spike.diff_ema, window=window, **coherence._asdict())
 
 
 # --------------------------------------------------------------------------
@@ -663,6 +787,7 @@ def autowu(
     knee_slope: float | None = None,
     knee_ratio: float | None = None,
     minimum_after: float | None = None,
+    coherence_threshold: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Automated learning-rate warmup and decay driven by the training loss.
 
@@ -699,7 +824,9 @@ def autowu(
   anywhere else (e.g. before ``optax.adam``, which normalizes the scale away)
   it silently does nothing useful; this cannot be detected from inside the
   chain. Its update needs the training loss, ``update(updates, state,
-  params, value=loss)`` (the global mean loss in data-parallel training).
+  params, value=loss)`` (the global mean loss in data-parallel training),
+  and may take the minibatch gradients, ``gradients=grads`` (the
+  coherence rule; :func:`autowu_adamw` etc. pass them themselves).
 
   **Defaults that differ from the paper** (measured on Fashion-MNIST, see the
   README): the warmup starts at 1e-3 and takes at most a quarter of the budget
@@ -715,8 +842,15 @@ def autowu(
   the knee: on a transformer the loss reaches a plateau early in the warmup,
   and the LRs along the plateau look fine in the short run but leave the
   model on it for good (measured on a byte-level LM: restart 2x lower, 33 %
-  -> 9 % above a tuned grid in bits per byte at batch 16). For a model whose
-  best LR is below ~3e-3, pass a smaller ``min_lr``.
+  -> 9 % above a tuned grid in bits per byte at batch 16). Given the
+  minibatch gradients (``update(..., value=loss, gradients=grads)``; the
+  ready-made chains do it), a start whose successive gradients are already
+  uncorrelated (``coherence_threshold``) restarts from the largest LR
+  tested: the loss curve of such a ramp starts inside a broad basin and its
+  valley sits too low (measured on Fashion-MNIST with AdamW: the CNN's
+  grid picks 6-10x the valley; restarting at the LR reached ends 0.1 pp
+  below the grid instead of 0.6). For a model whose best LR is below ~3e-3,
+  pass a smaller ``min_lr``.
 
   **Short budgets.** Testing once an epoch, as the authors do, lets the LR grow
   by x30 or more between the true minimum and the switch when the budget is
@@ -793,13 +927,27 @@ def autowu(
       is none, >= 1: a dip or a fast drop in the first steps is the
       optimizer's start-up transient, not a feature of the loss over LRs;
       1 disables it. ``None``: ``DEFAULTS['minimum_after']``.
+    coherence_threshold: in [-1, 1]; used only when the update is given the
+      minibatch gradients (``gradients=``, as the ready-made chains
+      :func:`autowu_adamw`, :func:`autowu_lamb` and :func:`autowu_adamp`
+      do): if the mean cosine of successive gradients over the first tenth
+      of the maximal warmup is below it, the start is noise-dominated, and a
+      confident minimum or a passed knee restarts from the largest LR the
+      warmup tested instead of the restart point (``restart_fraction``
+      does not apply to it; still at most the LR before the first loss
+      spike); -1 disables it. ``None``: ``DEFAULTS['coherence_threshold']``.
+      Under ``optax.MultiSteps`` pass the accumulated gradients (the
+      ready-made chains inside it see them); inside
+      ``optax.multi_transform`` or ``optax.masked`` leave ``gradients=`` to
+      the ready-made chains (user-passed gradients of the whole model raise).
 
   The arguments whose default is ``None`` take the library's defaults
   (``optax_autolr.DEFAULTS``, chosen by measurement, see the README), except
   under the authors' rule (``test_every == steps_per_epoch`` and
   ``divergence_factor=None``), where they take the paper's values
   (``optax_autolr.AUTHORS``: ``min_lr=1e-5``, ``max_warmup_fraction=0.5``,
-  cosine decay, restart at the minimum, no gate, no spike cap). Any of them
+  cosine decay, restart at the minimum, no gate, no spike cap, no knee, no
+  coherence rule). Any of them
   given explicitly is used as given.
 
   Returns:
@@ -835,7 +983,6 @@ def autowu(
   cfg = _make_config(**locals())
 
   def init_fn(params):
-    del params
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     i32 = lambda v: jnp.asarray(v, jnp.int32)
     return AutoWUState(
@@ -851,9 +998,14 @@ def autowu(
         valley_level=f32(cfg.valley_level),
         knee_slope=f32(_state_constants(cfg)['knee_slope']),
         log_lr_range=f32(_state_constants(cfg)['log_lr_range']),
-        minimum_after=f32(cfg.minimum_after))
+        minimum_after=f32(cfg.minimum_after),
+        grad_sample=jax.tree.map(  # From the shapes: uncommitted zeros.
+            lambda p: jnp.zeros(_sample_shape(jnp.shape(p)), jnp.float32),
+            params),
+        coherence_sum=f32(0.0), coherence_count=i32(0))
 
-  def update_fn(updates, state, params=None, *, value=None, **extra_args):
+  def update_fn(updates, state, params=None, *, value=None, gradients=None,
+                **extra_args):
     del params, extra_args
     if value is None:
       raise ValueError(
@@ -866,9 +1018,23 @@ def autowu(
           '`value` must be the scalar training loss (the global mean in '
           f'data-parallel training), got shape {loss.shape}.')
     _warn_if_other_config(cfg, state)
-    return _update(cfg, updates, state, loss.astype(jnp.float32))
+    if gradients is not None:
+      _check_gradients(gradients, state.grad_sample)
+    return _update(cfg, updates, state, loss.astype(jnp.float32), gradients)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_gradients(gradients: Any, grad_sample: Any) -> None:
+  """``gradients=`` must have the leaves of the params :func:`autowu` got."""
+  got = [_sample_shape(jnp.shape(g))[0] for g in jax.tree.leaves(gradients)]
+  want = [int(np.size(x)) for x in jax.tree.leaves(grad_sample)]
+  if got != want:
+    raise ValueError(
+        '`gradients` must be the minibatch gradients of the params autowu was '
+        f'initialized with (the same leaves): got {len(got)} leaves, the '
+        f'state has {len(want)}, or their sizes differ. Inside '
+        '`optax.multi_transform` or `optax.masked`, leave `gradients` out.')
 
 
 def _is_authors_rule(test_every, divergence_factor, steps_per_epoch) -> bool:
@@ -880,8 +1046,8 @@ def _is_authors_rule(test_every, divergence_factor, steps_per_epoch) -> bool:
 
 
 def _check_rule_args(min_descent, valley_level, restart_fraction,
-                     spike_factor, knee_slope, knee_ratio, minimum_after
-                     ) -> dict[str, Any]:
+                     spike_factor, knee_slope, knee_ratio, minimum_after,
+                     coherence_threshold) -> dict[str, Any]:
   """Checks the decision rule's arguments (defaults already resolved)."""
   c = _checks
   if isinstance(spike_factor, numbers.Real) and spike_factor == math.inf:
@@ -900,7 +1066,9 @@ def _check_rule_args(min_descent, valley_level, restart_fraction,
       knee_ratio=c.check_float('knee_ratio', knee_ratio, 1.0, math.inf,
                                low_open=True),
       minimum_after=c.check_float('minimum_after', minimum_after, 1.0,
-                                  math.inf))
+                                  math.inf),
+      coherence_threshold=c.check_float('coherence_threshold',
+                                        coherence_threshold, -1.0, 1.0))
 
 
 def _check_schedule_args(total_steps, min_lr, max_lr, max_warmup_fraction,
@@ -984,8 +1152,8 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                  confidence, patience, test_every, divergence_factor,
                  window_size, grid_size, lengthscale, noise_floor,
                  min_descent, valley_level, restart_fraction,
-                 spike_factor, knee_slope, knee_ratio, minimum_after
-                 ) -> _Config:
+                 spike_factor, knee_slope, knee_ratio, minimum_after,
+                 coherence_threshold) -> _Config:
   """Validates the arguments of :func:`autowu` and derives its constants.
 
   Arguments left to None take the library's default (:data:`DEFAULTS`), or
@@ -1000,19 +1168,22 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                decay=decay, min_descent=min_descent, valley_level=valley_level,
                restart_fraction=restart_fraction, spike_factor=spike_factor,
                knee_slope=knee_slope, knee_ratio=knee_ratio,
-               minimum_after=minimum_after)
+               minimum_after=minimum_after,
+               coherence_threshold=coherence_threshold)
   r = {k: preset[k] if v is None else v for k, v in given.items()}
   rule = _check_rule_args(r['min_descent'], r['valley_level'],
                           r['restart_fraction'], r['spike_factor'],
                           r['knee_slope'], r['knee_ratio'],
-                          r['minimum_after'])
+                          r['minimum_after'], r['coherence_threshold'])
   sched = _check_schedule_args(total_steps, r['min_lr'], max_lr,
                                r['max_warmup_fraction'], warmup, r['decay'],
                                cooldown_fraction)
   test = _check_test_args(total_steps, steps_per_epoch, sched['warmup_steps'],
                           sched.pop('max_warmup_fraction'), confidence,
                           patience, test_every, divergence_factor)
+  coherence_steps = max(2, int(_COHERENCE_FRACTION * sched['warmup_steps']))
   return _Config(total_steps=total_steps, **sched, **test, **rule,
+                 coherence_steps=coherence_steps,
                  **_check_gp_args(window_size, grid_size, lengthscale,
                                   noise_floor))
 
@@ -1074,9 +1245,19 @@ def _flat_kwargs(autowu_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _then_autowu(inner, total_steps, steps_per_epoch, autowu_kwargs):
-  """``optax.chain(inner, autowu(...))``, the shape of the ready-made chains."""
-  return optax.chain(inner, autowu(total_steps, steps_per_epoch,
-                                   **_flat_kwargs(autowu_kwargs)))
+  """The ready-made chains: ``optax.chain(inner, autowu(...))``.
+
+  Its update hands :func:`autowu` the incoming gradients (``gradients=``,
+  the coherence rule) unless the caller passes them.
+  """
+  tx = optax.chain(inner, autowu(total_steps, steps_per_epoch,
+                                 **_flat_kwargs(autowu_kwargs)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    extra_args.setdefault('gradients', updates)
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def autowu_lamb(
@@ -1093,7 +1274,8 @@ def autowu_lamb(
   """LAMB (``optax.lamb`` with learning rate 1) followed by :func:`autowu`.
 
   Weight decay is applied inside LAMB, before the trust ratio, and is scaled
-  by the AutoWU learning rate, as in the paper's setup.
+  by the AutoWU learning rate, as in the paper's setup. The update hands
+  :func:`autowu` the incoming gradients (``gradients=``, its coherence rule).
 
   Args:
     total_steps: see :func:`autowu`.
@@ -1136,7 +1318,8 @@ def autowu_adamw(
   ``optax.adamw``; its decoupled weight decay is part of the update, so
   AutoWU's learning rate scales it, as in ``optax.adamw(schedule)``. Every
   other keyword argument goes to :func:`autowu`. Call the update with
-  ``value=loss``.
+  ``value=loss``; it hands :func:`autowu` the incoming gradients
+  (``gradients=``, its coherence rule).
 
   Example:
     >>> import optax_autolr
@@ -1169,7 +1352,8 @@ def autowu_adamp(
 
   Kim et al. (2021) trained with AdamP (Heo et al. 2021). AdamP's decoupled
   weight decay is emitted as part of the update, so AutoWU's learning rate
-  scales it, as a PyTorch scheduler would.
+  scales it, as a PyTorch scheduler would. The update hands :func:`autowu`
+  the incoming gradients (``gradients=``, its coherence rule).
 
   Args:
     total_steps: see :func:`autowu`.
@@ -1298,8 +1482,10 @@ def get_metrics(state: Any, path: str | None = None) -> dict[str, Any]:
 
   Returns:
     A dict with ``step``, ``lr``, ``phase`` (``'warmup'``/``'decay'``),
-    ``probability``, ``positives``, ``switch_step``, ``restart_lr`` and
-    ``switch_reason`` (text, from ``SWITCH_REASONS``).
+    ``probability``, ``positives``, ``switch_step``, ``restart_lr``,
+    ``switch_reason`` (text, from ``SWITCH_REASONS``) and
+    ``gradient_coherence`` (the mean cosine of successive gradients at the
+    start of the warmup, NaN before any or without ``gradients=``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -1325,6 +1511,8 @@ def get_metrics(state: Any, path: str | None = None) -> dict[str, Any]:
       'positives': int(s.positives), 'switch_step': int(s.switch_step),
       'restart_lr': float(s.restart_lr),
       'switch_reason': SWITCH_REASONS[int(s.switch_reason)],
+      'gradient_coherence': (float(s.coherence_sum) / int(s.coherence_count)
+                             if int(s.coherence_count) else math.nan),
   }
 
 

@@ -351,13 +351,17 @@ SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
                  'ema_min', 'spike_lr', 'last_loss', 'diff_ema',
                  'total_steps', 'warmup_steps', 'lengthscale',
                  'noise_floor', 'grid_size', 'min_descent', 'valley_level',
-                 'knee_slope', 'log_lr_range', 'minimum_after')
+                 'knee_slope', 'log_lr_range', 'minimum_after',
+                 'coherence_sum', 'coherence_count')
 
 
 def test_state_is_flat_named_scalars_and_the_window():
   tx = oa.autowu(200, 10, window_size=16)
   state = tx.init({'w': jnp.zeros(2)})
-  assert state._fields == SCALAR_FIELDS[:14] + ('window',) + SCALAR_FIELDS[14:]
+  assert state._fields == (SCALAR_FIELDS[:14] + ('window',) + SCALAR_FIELDS[14:24]
+                           + ('grad_sample',) + SCALAR_FIELDS[24:])
+  # The gradient sample: one strided float32 vector per params leaf.
+  assert state.grad_sample['w'].shape == (2,)
   for name in SCALAR_FIELDS:
     assert getattr(state, name).shape == (), name
   assert state.window.sums.shape == (2, 16)
@@ -398,7 +402,7 @@ def test_authors_rule_keeps_the_papers_values():
   paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
-               minimum_after=1.0)
+               minimum_after=1.0, coherence_threshold=-1.0)
   curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
   a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
   b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
@@ -434,10 +438,121 @@ def test_restart_fraction_above_one_stops_at_the_largest_lr_tested(fraction):
     (dict(knee_slope=-0.1), 'knee_slope'),
     (dict(knee_ratio=1.0), 'knee_ratio'),
     (dict(minimum_after=0.5), 'minimum_after'),
+    (dict(coherence_threshold=1.5), 'coherence_threshold'),
+    (dict(coherence_threshold=-1.5), 'coherence_threshold'),
 ])
 def test_bad_rule_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     oa.autowu(1000, 10, **kwargs)
+
+
+def _coherence_run(tx, gradients, num_steps=T, params=None):
+  """``tx`` on a U-shaped loss over the warmup, handed ``gradients(t)``
+  (None: no ``gradients=``), under jit."""
+  params = {'w': jnp.zeros((3, 50)), 'b': jnp.zeros(7)} if params is None else params
+  curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
+
+  @jax.jit
+  def run():
+    def step(state, t):
+      extra = {} if gradients is None else {'gradients': gradients(t)}
+      _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
+                           value=curve(t), **extra)
+      return state, None
+
+    return jax.lax.scan(step, tx.init(params), jnp.arange(num_steps))[0]
+
+  return run()
+
+
+def _noise(t):
+  key = jax.random.fold_in(jax.random.key(0), t)
+  k1, k2 = jax.random.split(key)
+  return {'w': jax.random.normal(k1, (3, 50)), 'b': jax.random.normal(k2, (7,))}
+
+
+def _signal(t):
+  g = _noise(t)
+  return {'w': 1.0 + 0.1 * g['w'], 'b': 1.0 + 0.1 * g['b']}
+
+
+def test_coherence_rule_restarts_from_the_largest_lr_tested_after_a_noisy_start():
+  """Uncorrelated gradients at the start: the restart is the LR reached."""
+  tx = oa.autowu(T, SPE)
+  plain = _coherence_run(tx, None)
+  coherent = _coherence_run(tx, _signal)
+  noisy = _coherence_run(tx, _noise)
+  off = _coherence_run(oa.autowu(T, SPE, coherence_threshold=-1.0), _noise)
+  switch = int(plain.switch_step)
+  assert switch > 0 and int(plain.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
+  for s in (coherent, noisy, off):  # The decision is the loss's: the same step.
+    assert int(s.switch_step) == switch
+  assert float(coherent.restart_lr) == float(plain.restart_lr)
+  assert float(off.restart_lr) == float(plain.restart_lr)
+  # The largest LR tested: the warmup LR of the newest loss in the window.
+  reached = MIN_LR * (1.0 / MIN_LR)**(switch / (T // 4))
+  assert float(noisy.restart_lr) == pytest.approx(reached, rel=1e-4)
+  assert float(noisy.restart_lr) > 1.5 * float(plain.restart_lr)
+  # The cosines measured over the first tenth of the maximal warmup (T / 4).
+  assert int(noisy.coherence_count) == int(coherent.coherence_count) == T // 40
+  assert abs(float(noisy.coherence_sum) / int(noisy.coherence_count)) < 0.2
+  assert float(coherent.coherence_sum) / int(coherent.coherence_count) > 0.95
+  assert int(plain.coherence_count) == 0
+
+
+def test_coherence_of_sampled_leaves_estimates_the_whole_cosine():
+  """A leaf larger than the sample is strided per axis and weighted by its
+  entries per sampled entry; a smaller one is taken whole."""
+  params = {'w': jnp.zeros((300, 100)), 'b': jnp.zeros(4000)}
+  x = jax.random.normal(jax.random.key(1), (300, 100))
+  y = jax.random.normal(jax.random.key(2), (300, 100))
+  u = jax.random.normal(jax.random.key(3), (4000,))
+  # w: cosine 0.6 over 30000 entries; b: cosine -1 over 4000.
+  grads = [{'w': x, 'b': u}, {'w': 0.6 * x + 0.8 * y, 'b': -u}]
+  tx = oa.autowu(T, SPE)
+  state = _coherence_run(
+      tx, lambda t: jax.tree.map(lambda a, b: jnp.where(t == 0, a, b), *grads),
+      num_steps=2, params=params)
+  assert 0 < state.grad_sample['w'].shape[0] <= 4096 < 30000
+  assert state.grad_sample['b'].shape == (4000,)
+  flat = lambda g: jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(g)])
+  a, b = flat(grads[0]), flat(grads[1])
+  exact = float(a @ b / jnp.sqrt((a @ a) * (b @ b)))  # ~0.41; unweighted ~-0.2.
+  assert int(state.coherence_count) == 1
+  assert float(state.coherence_sum) == pytest.approx(exact, abs=0.05)
+
+
+def test_coherence_does_not_depend_on_the_gradients_scale():
+  for scale in (1e-12, 1.0, 1e10):
+    state = _coherence_run(oa.autowu(T, SPE),
+                           lambda t: jax.tree.map(lambda g: scale * g, _signal(t)),
+                           num_steps=10)
+    mean = float(state.coherence_sum) / int(state.coherence_count)
+    assert mean > 0.95, scale
+
+
+def test_ready_made_chains_hand_autowu_the_gradients():
+  params = {'w': jnp.ones((4, 3))}
+  for make in (oa.autowu_adamw, oa.autowu_lamb, oa.autowu_adamp):
+    tx = make(T, SPE)
+    state = tx.init(params)
+    step = jax.jit(lambda g, s: tx.update(g, s, params, value=1.0))
+    for t in range(5):
+      _, state = step(jax.tree.map(lambda p: p * (t + 1.0), params), state)
+    m = oa.get_metrics(state)
+    assert m['gradient_coherence'] == pytest.approx(1.0, abs=1e-5), make.__name__
+  # A plain chain measures nothing unless it is handed the gradients.
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE))
+  _, state = tx.update(params, tx.init(params), params, value=1.0)
+  assert math.isnan(oa.get_metrics(state)['gradient_coherence'])
+
+
+def test_gradients_of_other_params_are_an_error():
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE))
+  params = {'w': jnp.ones((4, 3)), 'b': jnp.ones(3)}
+  with pytest.raises(ValueError, match='gradients'):
+    tx.update(params, tx.init(params), params, value=1.0,
+              gradients={'w': jnp.ones((4, 3))})
 
 
 def test_flat_noisy_start_rarely_restarts_badly():

@@ -45,7 +45,13 @@ _SCRIPT = textwrap.dedent('''
       u, s = tx.update(g, s, p, value=loss)
       return optax.apply_updates(p, u), s
 
-    def train(param_sharding, batch_sharding, state_sharding):
+    @jax.jit
+    def step_with_gradients(p, s, x, y):  # The coherence rule on.
+      loss, g = jax.value_and_grad(loss_fn)(p, x, y)
+      u, s = tx.update(g, s, p, value=loss, gradients=g)
+      return optax.apply_updates(p, u), s
+
+    def train(param_sharding, batch_sharding, state_sharding, step=step):
       p = jax.device_put(params0, param_sharding)
       s = tx.init(p)  # LAMB's moments follow the params' sharding.
       # AutoWU's leaves do not depend on the params and are uncommitted:
@@ -61,6 +67,8 @@ _SCRIPT = textwrap.dedent('''
         p, s = jax.block_until_ready(step(p, s, x, y))
         lrs.append(oa.get_lr(s))
       aw = oa.find_autowu_state(s)
+      sample = aw.grad_sample  # Follows the gradients' sharding.
+      aw = aw._replace(grad_sample=None)
       mu = s[0][0].mu  # LAMB's first moment, sharded like the params
       leaves = lambda t: jax.tree.leaves(t)
       return {
@@ -75,6 +83,10 @@ _SCRIPT = textwrap.dedent('''
               a.sharding.is_fully_replicated for a in leaves(p)],
           'mu_replicated': [
               a.sharding.is_fully_replicated for a in leaves(mu)],
+          'coherence': float(aw.coherence_sum) / max(int(aw.coherence_count), 1),
+          'coherence_count': int(aw.coherence_count),
+          'sample_devices': sorted(
+              {len(a.sharding.device_set) for a in leaves(sample)}),
       }
 
     mesh = Mesh(np.array(jax.devices()), ('data',))
@@ -91,6 +103,9 @@ _SCRIPT = textwrap.dedent('''
         'replicated_params': train(replicated, batch, replicated),
         'sharded_params': train(sharded_params, batch, replicated),
         'num_compiles': step._cache_size(),
+        'single_gradients': train(dev0, dev0, dev0, step_with_gradients),
+        'sharded_gradients': train(sharded_params, batch, replicated,
+                                   step_with_gradients),
     }))
 ''')
 
@@ -128,6 +143,18 @@ def test_autowu_state_stays_replicated(runs, variant):
     assert not all(run['mu_replicated'])
   else:
     assert all(run['params_replicated'])
+
+
+def test_coherence_rule_matches_single_device(runs):
+  """With ``gradients=``, sharded gradients give the single-device decision."""
+  single, run = runs['single_gradients'], runs['sharded_gradients']
+  assert single['coherence_count'] == run['coherence_count'] > 0
+  np.testing.assert_allclose(run['coherence'], single['coherence'], rtol=1e-4)
+  assert run['switch'] == single['switch']
+  np.testing.assert_allclose(run['lrs'], single['lrs'], rtol=1e-5, atol=0)
+  # Every AutoWU leaf but the gradient sample stays replicated.
+  assert run['autowu_replicated'] and run['autowu_devices'] == [8]
+  assert run['sample_devices'] == [8]
 
 
 @pytest.mark.parametrize('variant', ['replicated_params', 'sharded_params'])

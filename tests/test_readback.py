@@ -1,5 +1,6 @@
 """Reading AutoWU's decision back: posterior, metrics, paths, restores."""
 
+import math
 import warnings
 
 import jax
@@ -62,7 +63,9 @@ def test_metrics_for_logging():
   assert m['step'] == 400 and isinstance(m['step'], int)
   assert m['restart_lr'] == pytest.approx(float(state.restart_lr))
   assert set(m) == {'step', 'lr', 'phase', 'probability', 'positives',
-                    'switch_step', 'restart_lr', 'switch_reason'}
+                    'switch_step', 'restart_lr', 'switch_reason',
+                    'gradient_coherence'}
+  assert math.isnan(m['gradient_coherence'])  # No `gradients=` given.
 
 
 def test_repr_shows_named_values():
