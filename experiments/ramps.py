@@ -197,7 +197,7 @@ def record(case: dict[str, Any], seed: int, cache: dict, probe: str = "gradients
               steps_per_epoch=s["steps_per_epoch"], switch_step=s.get("switch_step"),
               switch_reason=s.get("switch_reason"), loss=h["loss"][:end], lr=h["lr"][:end],
               **{PROBES[probe]: h["probability"][:end]}, elapsed_s=time.perf_counter() - t,
-              finished_at=report.date_now(), command=report_command(), machine=machine_info(),
+              finished_at=report.date_now(), command=report.invocation("experiments.ramps"), machine=machine_info(),
               code_version=code_version(), library_version=suite.library_version())
 
 
@@ -209,11 +209,6 @@ def _no_patience_warning():
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*never by a confident minimum.*")
     yield
-
-
-def report_command() -> str:
-  """The command line of this process, as the records and the report give it."""
-  return " ".join(["python -m experiments.ramps", *sys.argv[1:]])
 
 
 def analyse(trace: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -85,6 +85,11 @@ def command_line(command: str, where: str = " (from the repository root)") -> st
   return f"- Command: `{command}`{where}"
 
 
+def invocation(module: str) -> str:
+  """This process's command line as ``python -m <module> <args>`` (the records' ``command``)."""
+  return " ".join([f"python -m {module}", *sys.argv[1:]])
+
+
 def machine_line(mi: dict[str, Any], shared: str = "shared", flax: bool = True) -> str:
   """The ``- Machine:`` bullet from :func:`experiments.machine.machine_info`."""
   libs = f"jax {mi.get('jax')}, optax {mi.get('optax')}"

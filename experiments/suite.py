@@ -267,7 +267,7 @@ def sweep(cases: list[dict[str, Any]], methods: list[str], runs_path: Path, *,
                         seeds=seeds)
           if _key(r, lib) not in done]
   log(f"{len(todo)} runs to train ({runs_path})")
-  meta = dict(command=" ".join(["python -m experiments.suite", *sys.argv[1:]]),
+  meta = dict(command=report.invocation("experiments.suite"),
               machine=machine_info(), code_version=code_version(), library_version=lib)
   t0, cache, trained = time.perf_counter(), {}, 0
   for i, (case, r) in enumerate(todo):

@@ -64,11 +64,12 @@ _TESTS_PER_WARMUP = 40
 DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, decay='linear',
                 min_descent=4.0, valley_level=0.05, restart_fraction=1.0,
                 spike_factor=1.3, knee_slope=0.3, knee_ratio=2.0,
-                minimum_after=3.0, coherence_threshold=0.3)
+                minimum_after=3.0, coherence_threshold=0.3,
+                gp_fit='max_likelihood')
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                min_descent=0.0, valley_level=0.0, restart_fraction=1.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
-               minimum_after=1.0, coherence_threshold=-1.0)
+               minimum_after=1.0, coherence_threshold=-1.0, gp_fit='adam')
 # The knee rule: warmup ends once the LR is ``knee_ratio`` x the knee's (the
 # last LR before the minimum where the log loss still fell by ``knee_slope``
 # per decade of LR), if the log loss had fallen by 0.1 before the knee.
@@ -81,6 +82,8 @@ _SPIKE_NOISE_SCALES = 4.0
 # each gradient leaf sampled at this many evenly strided entries at most.
 _COHERENCE_FRACTION = 0.1
 _COHERENCE_SAMPLE = 4096
+# How the GP's hyperparameters are set at each test (``gp_fit``).
+_GP_FITS = ('max_likelihood', 'adam')
 
 
 class AutoWUState(NamedTuple):
@@ -124,15 +127,21 @@ class AutoWUState(NamedTuple):
       warmup (0 for the linear one, which has no knee rule).
     minimum_after: float32, no confident minimum and no knee before the LR
       is this many times ``min_lr``.
+    gp_fit_steps: int32, Adam steps of the GP fit per test (``gp_fit='adam'``),
+      0 for the marginal-likelihood maximum (``'max_likelihood'``).
     grad_sample: the last minibatch gradient given as ``gradients=`` over
       the first tenth of the maximal warmup, each leaf sampled at evenly
-      strided entries (at most 4096) and flattened, float32; zeros if none
-      was given (``None`` for ``init(None)``).
+      strided entries (at most 4096) and flattened, float32, all divided by
+      the largest absolute entry; zeros if none was given or the coherence rule is
+      off (``None`` for ``init(None)``).
     coherence_sum: float32, sum of the cosines of successive sampled
       gradients over the first tenth of the maximal warmup.
     coherence_count: int32, their number.
+    gp_adam: the :class:`~optax_autolr.gp.AdamFit` (GP hyperparameters and
+      their Adam state) of the last test under ``gp_fit='adam'``; its
+      starting point otherwise.
 
-  The ten from ``total_steps`` to ``minimum_after`` are constants of the
+  The eleven from ``total_steps`` to ``gp_fit_steps`` are constants of the
   transformation, kept so that
   :func:`loss_curve_posterior` reproduces a decision (its probability and
   restart point; not ``coherence_threshold``, which is not kept) from the
@@ -165,9 +174,11 @@ class AutoWUState(NamedTuple):
   knee_slope: jax.Array
   log_lr_range: jax.Array
   minimum_after: jax.Array
+  gp_fit_steps: jax.Array
   grad_sample: Any
   coherence_sum: jax.Array
   coherence_count: jax.Array
+  gp_adam: gp.AdamFit
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -236,6 +247,7 @@ class _Config(NamedTuple):
   minimum_after: float
   coherence_threshold: float
   coherence_steps: int
+  gp_fit: str
 
 
 def default_test_every(total_steps: int, steps_per_epoch: int,
@@ -373,11 +385,20 @@ def _spike(cfg: _Config, state: AutoWUState, loss, window, keep,
   return _Spike(spike_lr, last_loss, diff_ema)
 
 
-def _sample_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+class _SamplePlan(NamedTuple):
+  """How a gradient leaf is sampled for the coherence rule (trace time)."""
+  strides: tuple[int, ...]  # Per-axis strides.
+  size: int  # Entries of the (flattened) sample.
+  weight: float  # Entries of the leaf per sampled entry.
+
+
+def _sample_plan(shape: tuple[int, ...]) -> _SamplePlan:
   """Per-axis strides of a leaf's gradient sample (at most 4096 entries).
 
   Striding each axis, rather than the flattened leaf, keeps a sharded leaf
-  sharded: only the sample is gathered, never the whole leaf.
+  sharded: only the sample is gathered, never the whole leaf. The weight
+  (entries of the leaf per sampled entry) weights the leaf's sums in the
+  cosine.
   """
   shape = tuple(int(d) for d in shape)
   strides = [1] * len(shape)
@@ -385,27 +406,20 @@ def _sample_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
   while math.prod(kept()) > _COHERENCE_SAMPLE:
     i = int(np.argmax(kept()))  # Halve the longest sampled axis.
     strides[i] = -(-shape[i] // max(1, kept()[i] // 2))
-  return tuple(strides)
+  size = math.prod(kept())
+  return _SamplePlan(tuple(strides), size, math.prod(shape) / max(size, 1))
 
 
-def _sample_shape(shape: tuple[int, ...]) -> tuple[int]:
-  """Shape of a leaf's (flattened) sample."""
-  return (math.prod(-(-int(d) // s)
-                    for d, s in zip(shape, _sample_strides(shape))),)
-
-
-def _sample_weight(shape: tuple[int, ...]) -> float:
-  """Entries of the leaf per sampled entry: weights its sums in the cosine."""
-  return math.prod(int(d) for d in shape) / max(_sample_shape(shape)[0], 1)
-
-
-def _grad_sample(tree: Any) -> Any:
-  """Each leaf of ``tree`` at evenly strided entries, flattened, float32."""
-  def sample(x):
-    index = tuple(slice(None, None, s) for s in _sample_strides(jnp.shape(x)))
-    return jnp.ravel(jnp.asarray(x)[index]).astype(jnp.float32)
-
-  return jax.tree.map(sample, tree)
+def _scaled_sample(tree: Any) -> list[jax.Array]:
+  """Each leaf of ``tree`` at its sampled entries, flattened, float32, all
+  divided by the largest entry (so that neither tiny nor huge gradients
+  underflow or overflow the cosine's squared norms; NaN if all are zero or
+  one is not finite)."""
+  leaves = [jnp.ravel(jnp.asarray(x)[tuple(
+      slice(None, None, st) for st in _sample_plan(jnp.shape(x)).strides)]
+                      ).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+  top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a)) for a in leaves])
+  return [a / top for a in leaves]
 
 
 class _Coherence(NamedTuple):
@@ -414,19 +428,10 @@ class _Coherence(NamedTuple):
   coherence_count: jax.Array
 
 
-def _cosine(new: list[jax.Array], old: list[jax.Array],
+def _cosine(a: list[jax.Array], b: list[jax.Array],
             weights: list[float]) -> jax.Array:
-  """Cosine of two sampled gradients, each leaf's sums weighted.
-
-  Each side is first scaled by its largest entry, so that neither tiny nor
-  huge gradients underflow or overflow the squared norms (NaN if a side is
-  zero or not finite).
-  """
-  def scaled(leaves):
-    top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a)) for a in leaves])
-    return [a / top for a in leaves]
-
-  a, b = scaled(new), scaled(old)
+  """Cosine of two scaled samples (:func:`_scaled_sample`), each leaf's sums
+  weighted."""
   dot = sum(w * jnp.sum(x * y) for w, x, y in zip(weights, a, b))
   norm_a = sum(w * jnp.sum(x * x) for w, x in zip(weights, a))
   norm_b = sum(w * jnp.sum(y * y) for w, y in zip(weights, b))
@@ -440,21 +445,21 @@ def _coherence(cfg: _Config, state: AutoWUState, gradients) -> _Coherence:
   gradient with the previous one, on their strided samples (each leaf's
   sums weighted by its entries per sampled entry, which estimates the whole
   gradient's). Near 1 while the gradient's signal dominates its minibatch
-  noise, near 0 when the start is already noise-dominated. Past those steps
-  (and without ``gradients``) nothing is computed.
+  noise, near 0 when the start is already noise-dominated. Past those steps,
+  without ``gradients`` and with the rule off nothing is computed.
   """
   kept = _Coherence(state.grad_sample, state.coherence_sum,
                     state.coherence_count)
   leaves = jax.tree.leaves(gradients)
-  if gradients is None or not leaves:
+  if gradients is None or not leaves or cfg.coherence_threshold <= -1.0:
     return kept
   t = state.count
   active = (state.phase == WARMUP) & (t <= cfg.coherence_steps)
 
   def measure():
-    new = jax.tree.leaves(_grad_sample(gradients))
+    new = _scaled_sample(gradients)
     cosine = _cosine(new, jax.tree.leaves(state.grad_sample),
-                     [_sample_weight(jnp.shape(g)) for g in leaves])
+                     [_sample_plan(jnp.shape(g)).weight for g in leaves])
     use = (t >= 1) & jnp.isfinite(cosine)
     return _Coherence(
         jax.tree.unflatten(jax.tree.structure(state.grad_sample), new),
@@ -488,12 +493,25 @@ def minimum_test(window: window_lib.LossWindow, last_step: jax.Array, *,
   Returns:
     The :class:`~optax_autolr.gp.MinimumTestResult`, posterior in loss units.
   """
-  means, steps = window_lib.window_means(window)
-  x = steps / jnp.maximum(last_step, 1).astype(jnp.float32)
-  return gp.minimum_test(x, means, window.counts,
-                         window_lib.window_mask(window),
+  return gp.minimum_test(*_window_data(window, last_step),
                          lengthscale=lengthscale, grid_size=grid_size,
                          noise_floor=noise_floor)
+
+
+def _window_data(window: window_lib.LossWindow, last_step: jax.Array,
+                 authors: bool = False):
+  """``(x, means, counts, mask)`` of the window's bins.
+
+  ``x = mean step / last_step`` (``x = 1`` now); with ``authors``, their
+  ``index / number of losses``, ``mean step / (last_step + 1)`` (the
+  newest loss just before 1).
+  """
+  means, steps = window_lib.window_means(window)
+  denominator = jnp.maximum(last_step, 1).astype(jnp.float32)
+  if authors:
+    denominator = denominator + 1.0
+  return steps / denominator, means, window.counts, window_lib.window_mask(
+      window)
 
 
 def _descent_noise(window: window_lib.LossWindow, lengthscale: float
@@ -610,9 +628,13 @@ def _past_start_up(log_lr_ratio, minimum_after: float) -> jax.Array:
 
 def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
               min_descent, valley_level, knee_slope,
-              knee_ratio=DEFAULTS['knee_ratio'], minimum_after=1.0
-              ) -> tuple[gp.MinimumTestResult, jax.Array]:
+              knee_ratio=DEFAULTS['knee_ratio'], minimum_after=1.0,
+              fit_params=None) -> tuple[gp.MinimumTestResult, jax.Array]:
   """The test as the update runs it.
+
+  ``fit_params``: the authors' GP parameters
+  (:class:`~optax_autolr.gp.GPParams`, ``gp_fit='adam'``) to test at, on
+  their positions; ``None`` fits them by maximum marginal likelihood.
 
   Returns:
     ``(result, knee)``: the GP's result, with the test's outcome
@@ -620,8 +642,14 @@ def _run_test(window, last, lr_span, *, lengthscale, grid_size, noise_floor,
     :func:`knee_outcome`) as its ``probability`` and ``argmin``, and whether
     the knee was passed.
   """
-  result = minimum_test(window, last, lengthscale=lengthscale,
-                        grid_size=grid_size, noise_floor=noise_floor)
+  if fit_params is None:
+    result = minimum_test(window, last, lengthscale=lengthscale,
+                          grid_size=grid_size, noise_floor=noise_floor)
+  else:
+    result = gp.minimum_test_given(*_window_data(window, last, True),
+                                   fit_params,
+                                   lengthscale=lengthscale,
+                                   grid_size=grid_size)
   probability, position = minimum_test_outcome(
       result, window, lengthscale=lengthscale, min_descent=min_descent,
       valley_level=valley_level)
@@ -648,26 +676,35 @@ def _lr_span(cfg: _Config, t_data) -> jax.Array:
   return math.log(cfg.max_lr / cfg.min_lr) * frac
 
 
-def _test_branch(cfg: _Config, window, t_data, probability, argmin):
+def _test_branch(cfg: _Config, window, t_data, probability, argmin,
+                 gp_adam):
   del probability, argmin
+  fit_params = None
+  if cfg.gp_fit == 'adam':
+    gp_adam = gp.adam_fit(*_window_data(window, t_data, True), gp_adam,
+                          lengthscale=cfg.lengthscale)
+    fit_params = gp_adam.params
   result, knee = _run_test(
       window, t_data, _lr_span(cfg, t_data), lengthscale=cfg.lengthscale,
       grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
       min_descent=cfg.min_descent, valley_level=cfg.valley_level,
       knee_slope=cfg.knee_slope if cfg.warmup == 'exp' else 0.0,
-      knee_ratio=cfg.knee_ratio, minimum_after=cfg.minimum_after)
-  return result.probability, result.argmin, knee
+      knee_ratio=cfg.knee_ratio, minimum_after=cfg.minimum_after,
+      fit_params=fit_params)
+  return result.probability, result.argmin, knee, gp_adam
 
 
-def _skip_branch(window, t_data, probability, argmin):
+def _skip_branch(window, t_data, probability, argmin, gp_adam):
   del window, t_data
-  return probability, argmin, jnp.zeros((), bool)
+  return probability, argmin, jnp.zeros((), bool), gp_adam
 
 
 def _maybe_test(cfg: _Config, run, window, t_data, state: AutoWUState):
-  """``(probability, argmin, knee)``: a new test when ``run``, else the last one."""
+  """``(probability, argmin, knee, gp_adam)``: a new test when ``run``, else
+  the last one."""
   return jax.lax.cond(run, functools.partial(_test_branch, cfg), _skip_branch,
-                      window, t_data, state.probability, state.argmin)
+                      window, t_data, state.probability, state.argmin,
+                      state.gp_adam)
 
 
 def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
@@ -737,7 +774,7 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients):
   # +4.8 ms instead of +0.8 ms per MLP test step).
   updates, window, t_data = jax.lax.optimization_barrier(
       (updates, window, t_data))
-  probability, argmin, knee = _maybe_test(
+  probability, argmin, knee, gp_adam = _maybe_test(
       cfg, is_test | guard.diverged | guard.non_finite, window, t_data, state)
   positives, reason = _decide(cfg, state, is_test, probability, knee, guard)
   switch = reason != NOT_SWITCHED
@@ -755,7 +792,8 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients):
       switch_reason=jnp.where(switch, reason, state.switch_reason),
       loss_ema=guard.loss_ema, ema_min=guard.ema_min,
       spike_lr=spike.spike_lr, last_loss=spike.last_loss,
-      diff_ema=spike.diff_ema, window=window, **coherence._asdict())
+      diff_ema=spike.diff_ema, window=window, gp_adam=gp_adam,
+      **coherence._asdict())
 
 
 # --------------------------------------------------------------------------
@@ -788,6 +826,7 @@ def autowu(
     knee_ratio: float | None = None,
     minimum_after: float | None = None,
     coherence_threshold: float | None = None,
+    gp_fit: Literal['max_likelihood', 'adam'] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Automated learning-rate warmup and decay driven by the training loss.
 
@@ -940,6 +979,15 @@ def autowu(
       ready-made chains inside it see them); inside
       ``optax.multi_transform`` or ``optax.masked`` leave ``gradients=`` to
       the ready-made chains (user-passed gradients of the whole model raise).
+    gp_fit: how each test sets the GP's signal and noise variance:
+      ``'max_likelihood'`` maximizes the marginal likelihood of the
+      standardized losses at every test; ``'adam'`` is the authors' fit
+      (:func:`optax_autolr.gp.adam_fit`: raw loss units, 100 Adam steps per
+      test warm-started from the last test's, so the noise adapts slowly and
+      a loss that explodes is all but interpolated), their positions
+      (``index / number of losses``) and their test's jitter (1e-4 squared
+      loss units). ``None``: ``DEFAULTS['gp_fit']``
+      (``'max_likelihood'``; the authors' rule: ``'adam'``).
 
   The arguments whose default is ``None`` take the library's defaults
   (``optax_autolr.DEFAULTS``, chosen by measurement, see the README), except
@@ -947,7 +995,7 @@ def autowu(
   ``divergence_factor=None``), where they take the paper's values
   (``optax_autolr.AUTHORS``: ``min_lr=1e-5``, ``max_warmup_fraction=0.5``,
   cosine decay, restart at the minimum, no gate, no spike cap, no knee, no
-  coherence rule). Any of them
+  coherence rule, the authors' GP fit). Any of them
   given explicitly is used as given.
 
   Returns:
@@ -999,10 +1047,12 @@ def autowu(
         knee_slope=f32(_state_constants(cfg)['knee_slope']),
         log_lr_range=f32(_state_constants(cfg)['log_lr_range']),
         minimum_after=f32(cfg.minimum_after),
+        gp_fit_steps=i32(_state_constants(cfg)['gp_fit_steps']),
         grad_sample=jax.tree.map(  # From the shapes: uncommitted zeros.
-            lambda p: jnp.zeros(_sample_shape(jnp.shape(p)), jnp.float32),
-            params),
-        coherence_sum=f32(0.0), coherence_count=i32(0))
+            lambda p: jnp.zeros((_sample_plan(jnp.shape(p)).size,),
+                                jnp.float32), params),
+        coherence_sum=f32(0.0), coherence_count=i32(0),
+        gp_adam=gp.adam_fit_init())
 
   def update_fn(updates, state, params=None, *, value=None, gradients=None,
                 **extra_args):
@@ -1027,13 +1077,15 @@ def autowu(
 
 def _check_gradients(gradients: Any, grad_sample: Any) -> None:
   """``gradients=`` must have the leaves of the params :func:`autowu` got."""
-  got = [_sample_shape(jnp.shape(g))[0] for g in jax.tree.leaves(gradients)]
+  paths = lambda tree: [jax.tree_util.keystr(p) for p, _ in
+                        jax.tree_util.tree_flatten_with_path(tree)[0]]
+  got = [_sample_plan(jnp.shape(g)).size for g in jax.tree.leaves(gradients)]
   want = [int(np.size(x)) for x in jax.tree.leaves(grad_sample)]
-  if got != want:
+  if got != want or paths(gradients) != paths(grad_sample):
     raise ValueError(
         '`gradients` must be the minibatch gradients of the params autowu was '
-        f'initialized with (the same leaves): got {len(got)} leaves, the '
-        f'state has {len(want)}, or their sizes differ. Inside '
+        f'initialized with (the same tree): got {len(got)} leaves, the '
+        f'state has {len(want)}, or their paths or sizes differ. Inside '
         '`optax.multi_transform` or `optax.masked`, leave `gradients` out.')
 
 
@@ -1131,9 +1183,9 @@ def _check_test_args(total_steps, steps_per_epoch, warmup_steps,
               divergence_factor=divergence_factor)
 
 
-def _check_gp_args(window_size, grid_size, lengthscale, noise_floor
+def _check_gp_args(window_size, grid_size, lengthscale, noise_floor, gp_fit
                    ) -> dict[str, Any]:
-  """Checks the loss window's and the GP's sizes."""
+  """Checks the loss window's and the GP's sizes and fit."""
   c = _checks
   window_size = c.check_int('window_size', window_size, 8)
   if window_size % 2:
@@ -1144,7 +1196,8 @@ def _check_gp_args(window_size, grid_size, lengthscale, noise_floor
       lengthscale=c.check_float('lengthscale', lengthscale,
                                 gp.MIN_LENGTHSCALE, math.inf),
       noise_floor=c.check_float('noise_floor', noise_floor, 0.0, 1.0,
-                                low_open=True, high_open=True))
+                                low_open=True, high_open=True),
+      gp_fit=c.check_choice('gp_fit', gp_fit, _GP_FITS))
 
 
 def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
@@ -1153,7 +1206,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                  window_size, grid_size, lengthscale, noise_floor,
                  min_descent, valley_level, restart_fraction,
                  spike_factor, knee_slope, knee_ratio, minimum_after,
-                 coherence_threshold) -> _Config:
+                 coherence_threshold, gp_fit) -> _Config:
   """Validates the arguments of :func:`autowu` and derives its constants.
 
   Arguments left to None take the library's default (:data:`DEFAULTS`), or
@@ -1169,7 +1222,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                restart_fraction=restart_fraction, spike_factor=spike_factor,
                knee_slope=knee_slope, knee_ratio=knee_ratio,
                minimum_after=minimum_after,
-               coherence_threshold=coherence_threshold)
+               coherence_threshold=coherence_threshold, gp_fit=gp_fit)
   r = {k: preset[k] if v is None else v for k, v in given.items()}
   rule = _check_rule_args(r['min_descent'], r['valley_level'],
                           r['restart_fraction'], r['spike_factor'],
@@ -1185,21 +1238,22 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   return _Config(total_steps=total_steps, **sched, **test, **rule,
                  coherence_steps=coherence_steps,
                  **_check_gp_args(window_size, grid_size, lengthscale,
-                                  noise_floor))
+                                  noise_floor, r['gp_fit']))
 
 
 _CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
                   'grid_size', 'min_descent', 'valley_level', 'knee_slope',
-                  'log_lr_range', 'minimum_after')
+                  'log_lr_range', 'minimum_after', 'gp_fit_steps')
 
 
 def _state_constants(cfg: _Config) -> dict[str, Any]:
   """The constants of ``cfg`` as the state keeps them (:data:`_CONFIG_FIELDS`)."""
   exp = cfg.warmup == 'exp'  # The linear warmup has no knee rule.
-  return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:-3]},
+  return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:7]},
           'knee_slope': cfg.knee_slope if exp else 0.0,
           'log_lr_range': math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0,
-          'minimum_after': cfg.minimum_after if exp else 1.0}
+          'minimum_after': cfg.minimum_after if exp else 1.0,
+          'gp_fit_steps': gp.AUTHORS_FIT_STEPS if cfg.gp_fit == 'adam' else 0}
 
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
@@ -1612,6 +1666,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                          valley_level: float | None = None,
                          knee_slope: float | None = None,
                          minimum_after: float | None = None,
+                         gp_fit_steps: int | None = None,
                          ) -> tuple[jax.Array, gp.MinimumTestResult]:
   """Recomputes the minimum test on the warmup window, for plots and logging.
 
@@ -1621,7 +1676,8 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   :func:`minimum_test_outcome`) equal the state's, and its posterior is the GP's.
   Reading the constants needs a concrete state, so call it outside
   ``jax.jit`` (it is compiled internally, once per set of constants); under
-  ``jax.jit`` pass all seven.
+  ``jax.jit`` pass all eight. Under ``gp_fit='adam'`` the test uses the
+  hyperparameters the state's last test fitted (no new fit).
 
   Args:
     state: an optimizer state holding an :class:`AutoWUState`.
@@ -1633,6 +1689,8 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
     valley_level: overrides the state's valley level.
     knee_slope: overrides the state's knee slope.
     minimum_after: overrides the state's ``minimum_after``.
+    gp_fit_steps: overrides the state's (0: fit by maximum marginal
+      likelihood; more: test at the state's ``gp_adam`` hyperparameters).
 
   Returns:
     ``(steps, result)``: the grid as (fractional) step numbers and the
@@ -1643,7 +1701,7 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
   given = {'lengthscale': lengthscale, 'grid_size': grid_size,
            'noise_floor': noise_floor, 'min_descent': min_descent,
            'valley_level': valley_level, 'knee_slope': knee_slope,
-           'minimum_after': minimum_after}
+           'minimum_after': minimum_after, 'gp_fit_steps': gp_fit_steps}
   for name, v in given.items():
     if v is None:
       field = getattr(s, name)
@@ -1659,7 +1717,12 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                    s.switch_step - 1, last)
   last = jnp.maximum(last, 1)
   given['grid_size'] = int(given['grid_size'])
+  fit_params = s.gp_adam.params if given.pop('gp_fit_steps') else None
   lr_span = s.log_lr_range * jnp.minimum(
       last.astype(jnp.float32) / s.warmup_steps, 1.0)
-  result, _ = _jit_test(s.window, last, lr_span, **given)
-  return result.grid * last.astype(jnp.float32), result
+  result, _ = _jit_test(s.window, last, lr_span, fit_params=fit_params,
+                        **given)
+  # x = 1 is the newest loss's step; the authors' positions put it at
+  # last + 1.
+  end = last.astype(jnp.float32) + (0.0 if fit_params is None else 1.0)
+  return result.grid * end, result

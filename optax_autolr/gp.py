@@ -37,6 +37,15 @@ posterior on a grid of G points costs :math:`O(G m)`. A test on n bins is
 the n x n kernel matrix, with the same result to the precision above
 (checked against a dense float64 GP in ``tests/test_gp.py``). All in
 ``jax.numpy``: no host callbacks, fixed shapes.
+
+Two fits of :math:`(s, \\sigma^2)`: :func:`minimum_test` standardizes the
+losses and maximizes the marginal likelihood at every test (the library's
+default); :func:`adam_fit` is the authors' (raw loss units, a warm-started
+Adam run of 100 steps per test, the mean :math:`\\mu` fitted too) and
+:func:`minimum_test_given` the test at its hyperparameters. Since the data
+enter the marginal likelihood only through :math:`W^{1/2}(y - \\mu)`, one
+reduction of the two columns :math:`y` and :math:`1` gives it, and its
+gradient, for every :math:`\\mu` in :math:`O(m)`.
 """
 
 import functools
@@ -46,6 +55,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.scipy.stats import norm
 
 _TINY = 1e-30
@@ -80,12 +90,13 @@ class Posterior(NamedTuple):
 
 
 class MinimumTestResult(NamedTuple):
-  """Outcome of :func:`minimum_test`.
+  """Outcome of :func:`minimum_test` (or :func:`minimum_test_given`).
 
   Attributes:
     probability: past-minimum probability (SPEC §1).
     argmin: position in ``[0, 1]`` of the minimum of the posterior mean.
-    hyperparams: fitted :class:`GPHyperparams` (standardized units).
+    hyperparams: the :class:`GPHyperparams` (standardized units from
+      :func:`minimum_test`, loss units from :func:`minimum_test_given`).
     posterior: :class:`Posterior` on the grid, in the units of ``y``.
     grid: ``[G]`` query points, ``linspace(0, 1, G)``.
   """
@@ -436,3 +447,233 @@ def minimum_test(x: jax.Array, y: jax.Array, counts: jax.Array,
   post = Posterior(mu + std * m, std**2 * v, std**2 * c)
   hyper = fit.hyperparams
   return MinimumTestResult(prob, argmin, hyper, post, grid)
+
+
+# The authors' GP fit (github.com/kakaobrain/autowu ``autowu.py``, commit
+# 582a8a8, ``Regressor`` and ``CustomGP``): noise ``softplus(raw) + 1e-4``
+# started at 1e-3, outputscale ``softplus(raw)`` started at ``softplus(0)``,
+# 100 Adam steps of lr 0.01 per test on the negative marginal likelihood per
+# point, parameters and Adam state kept from test to test.
+AUTHORS_NOISE_INIT = 1e-3
+AUTHORS_NOISE_LOWER = 1e-4
+AUTHORS_FIT_STEPS = 100
+AUTHORS_FIT_LR = 0.01
+# Added to each difference variance of the past-minimum probability (squared
+# loss units) by the authors' test.
+AUTHORS_JITTER = 1e-4
+
+
+class GPParams(NamedTuple):
+  """The authors' GP parameters (scalars, float32).
+
+  Attributes:
+    mean: the constant prior mean (loss units).
+    raw_signal_var: the signal variance is ``softplus(raw_signal_var)``.
+    raw_noise_var: the one-loss noise variance is ``softplus(raw_noise_var)
+      + 1e-4`` (:data:`AUTHORS_NOISE_LOWER`).
+  """
+
+  mean: jax.Array
+  raw_signal_var: jax.Array
+  raw_noise_var: jax.Array
+
+
+class AdamFit(NamedTuple):
+  """The authors' GP parameters and their Adam state, kept across tests.
+
+  Attributes:
+    params: the :class:`GPParams`.
+    adam_mu: Adam's first moment of each parameter.
+    adam_nu: Adam's second moment of each parameter.
+    adam_steps: int32, Adam steps so far.
+  """
+
+  params: GPParams
+  adam_mu: GPParams
+  adam_nu: GPParams
+  adam_steps: jax.Array
+
+
+def _inv_softplus(y: float) -> float:
+  return y + math.log(-math.expm1(-y))
+
+
+def adam_fit_init() -> AdamFit:
+  """The authors' starting point: mean 0, signal variance ``softplus(0)``,
+  noise variance :data:`AUTHORS_NOISE_INIT`, a fresh Adam state."""
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  params = GPParams(f32(0.0), f32(0.0), f32(
+      _inv_softplus(AUTHORS_NOISE_INIT - AUTHORS_NOISE_LOWER)))
+  zeros = lambda: GPParams(f32(0.0), f32(0.0), f32(0.0))  # Own buffers:
+  return AdamFit(params, zeros(), zeros(),  # a donated state shares none.
+                 jnp.zeros((), jnp.int32))
+
+
+def adam_fit_hyperparams(params: GPParams
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(mean, signal_var, noise_var)`` of :class:`GPParams`."""
+  return (params.mean, jax.nn.softplus(params.raw_signal_var),
+          jax.nn.softplus(params.raw_noise_var) + AUTHORS_NOISE_LOWER)
+
+
+class _MeanSystem(NamedTuple):
+  """:class:`_System` of the data and of the constant 1, for any mean."""
+  sigma: jax.Array  # [m] eigenvalues of Phi^T W Phi (0 if unresolved).
+  vec: jax.Array  # [m, m] its eigenvectors.
+  sv: jax.Array  # [m] singular values of W^1/2 Phi (0 if unresolved).
+  z: jax.Array  # [2, m] U^T of the reduced data and ones columns.
+  outside: jax.Array  # [2, n] their parts outside the feature span.
+  resolved: jax.Array  # [m] bool.
+  cmax: jax.Array  # Largest count.
+  logdet_w: jax.Array  # sum log(c_j / cmax) over the bins in use.
+  n: jax.Array  # Number of bins in use.
+
+
+def _mean_system(x, y, counts, mask, lengthscale) -> _MeanSystem:
+  """The reduction of :func:`_system`, applied to ``y`` and to ones at once.
+
+  The data enter the marginal likelihood only through ``W^{1/2} (y - mean)``,
+  linear in the mean: reducing the two columns once gives it for every mean.
+  """
+  dtype = jnp.result_type(y, jnp.float32)
+  counts = jnp.where(mask, counts, 1).astype(dtype)
+  cmax = jnp.maximum(jnp.max(jnp.where(mask, counts, 0.0)), 1.0)
+  weights = counts / cmax
+  sqrt_w = jnp.sqrt(jnp.where(mask, weights, 0.0))
+  phi = rbf_features(x, lengthscale).astype(dtype)
+  m = phi.shape[1]
+  cols = jnp.stack([jnp.where(mask, y, 0.0), jnp.ones_like(sqrt_w)], axis=1)
+  a = jnp.concatenate([sqrt_w[:, None] * phi, sqrt_w[:, None] * cols], axis=1)
+  a = jnp.pad(a, ((0, max(0, m + 1 - a.shape[0])), (0, 0)))
+  a = _householder(a, m)
+  u, sv, vt = jnp.linalg.svd(a[:m, :m])
+  tol = (max(a.shape) * jnp.finfo(sv.dtype).eps
+         * jnp.maximum(jnp.max(sv), 0.0))
+  resolved = sv > tol
+  sv = jnp.where(resolved, sv, 0.0)
+  logdet_w = jnp.sum(jnp.where(mask, jnp.log(weights), 0.0))
+  return _MeanSystem(sigma=sv * sv, vec=vt.T, sv=sv, z=(u.T @ a[:m, m:]).T,
+                     outside=a[m:, m:].T, resolved=resolved, cmax=cmax,
+                     logdet_w=logdet_w,
+                     n=jnp.maximum(jnp.sum(mask), 1).astype(dtype))
+
+
+def _centered(ms: _MeanSystem, mean) -> _System:
+  """The :class:`_System` of ``y - mean``."""
+  z = ms.z[0] - mean * ms.z[1]
+  outside = ms.outside[0] - mean * ms.outside[1]
+  return _System(sigma=ms.sigma, vec=ms.vec,
+                 h=jnp.where(ms.resolved, ms.sv * z, 0.0),
+                 residual=(jnp.sum(outside**2)
+                           + jnp.sum(jnp.where(ms.resolved, 0.0, z * z))),
+                 rank=jnp.sum(ms.resolved))
+
+
+def _lml_given(ms: _MeanSystem, mean, signal_var, noise_var) -> jax.Array:
+  """Log marginal likelihood at given hyperparameters (nothing profiled)."""
+  sys = _centered(ms, mean)
+  ratio = noise_var / (signal_var * ms.cmax)
+  inside = jnp.where(sys.sigma > 0, sys.h**2 / (
+      jnp.where(sys.sigma > 0, sys.sigma, 1.0) * (sys.sigma + ratio)), 0.0)
+  quad = sys.residual / ratio + jnp.sum(inside)
+  logdet = (ms.n * jnp.log(signal_var) - ms.logdet_w
+            + jnp.sum(jnp.where(sys.sigma > 0, jnp.log(sys.sigma + ratio),
+                                0.0))
+            + (ms.n - sys.rank) * jnp.log(ratio))
+  return -0.5 * (quad / signal_var + logdet + ms.n * jnp.log(2 * jnp.pi))
+
+
+def adam_fit(x: jax.Array, y: jax.Array, counts: jax.Array, mask: jax.Array,
+             fit: AdamFit, *, lengthscale: float,
+             num_steps: int = AUTHORS_FIT_STEPS) -> AdamFit:
+  """The authors' fit: a few Adam steps on the marginal likelihood, warm.
+
+  The constant mean is first re-set to the mean of the losses; then
+  ``num_steps`` Adam steps (lr 0.01, ``optax.scale_by_adam``) on the
+  negative log marginal likelihood per bin, in raw loss units (no
+  standardization), from the parameters and Adam state of the previous
+  test. Far from converged by design: the noise variance moves by about a
+  factor ``e`` per test at most, so on a loss that explodes the GP keeps a
+  noise far below the data's variance (the paper's behaviour;
+  :func:`minimum_test` maximizes instead).
+
+  The authors fit a random subset of 100 per-step losses; this fits the bin
+  means, a bin's noise variance the one-loss noise over its count: the same
+  model while every bin holds one loss (an AutoWU window of 256 bins, up to
+  256 losses), and without the scatter within bins beyond that.
+
+  Args:
+    x: ``[n]`` positions in ``[0, 1]``.
+    y: ``[n]`` bin means of the loss.
+    counts: ``[n]`` number of losses in each bin.
+    mask: ``[n]`` boolean mask of the bins in use (none: ``fit`` is
+      returned unchanged).
+    fit: the :class:`AdamFit` of the previous test (:func:`adam_fit_init`
+      before the first).
+    lengthscale: the fixed RBF lengthscale.
+    num_steps: Adam steps.
+
+  Returns:
+    The new :class:`AdamFit`.
+
+  References:
+    Kim et al., `Automated Learning Rate Scheduler for Large-batch Training
+    <https://arxiv.org/abs/2107.05855>`_, 2021 (code: github.com/kakaobrain/
+    autowu).
+  """
+  ms = _mean_system(x, y, counts, mask, lengthscale)
+  c = jnp.where(mask, counts, 0).astype(ms.sigma.dtype)
+  data_mean = jnp.sum(c * jnp.where(mask, y, 0.0)) / jnp.maximum(jnp.sum(c), 1)
+  params = fit.params._replace(
+      mean=data_mean.astype(fit.params.mean.dtype))
+  adam = optax.scale_by_adam()
+
+  def loss(p):
+    mean, s, noise = adam_fit_hyperparams(
+        jax.tree.map(lambda v: v.astype(ms.sigma.dtype), p))
+    return -_lml_given(ms, mean, s, noise) / ms.n
+
+  def step(_, carry):
+    p, state = carry
+    direction, state = adam.update(jax.grad(loss)(p), state)
+    return optax.apply_updates(p, optax.tree.scale(-AUTHORS_FIT_LR,
+                                                   direction)), state
+
+  state = optax.ScaleByAdamState(count=fit.adam_steps, mu=fit.adam_mu,
+                                 nu=fit.adam_nu)
+  params, state = jax.lax.fori_loop(0, num_steps, step, (params, state))
+  new = AdamFit(params, state.mu, state.nu, state.count)
+  return jax.tree.map(functools.partial(jnp.where, jnp.any(mask)), new, fit)
+
+
+def minimum_test_given(x: jax.Array, y: jax.Array, counts: jax.Array,
+                       mask: jax.Array, params: jax.Array, *,
+                       lengthscale: float = 0.2, grid_size: int = 256,
+                       jitter: float = AUTHORS_JITTER) -> MinimumTestResult:
+  """The minimum test at given hyperparameters (raw loss units): the authors'.
+
+  Args:
+    x: ``[n]`` positions in ``[0, 1]`` (1 = now).
+    y: ``[n]`` bin means of the loss.
+    counts: ``[n]`` number of losses in each bin.
+    mask: ``[n]`` boolean mask of the bins in use.
+    params: the :class:`GPParams` (see :func:`adam_fit`).
+    lengthscale: the fixed RBF lengthscale.
+    grid_size: number of posterior grid points.
+    jitter: added to each difference variance, in squared loss units.
+
+  Returns:
+    A :class:`MinimumTestResult` in the units of ``y``, its hyperparameters
+    too (``noise_var``: of one loss).
+  """
+  ms = _mean_system(x, y, counts, mask, lengthscale)
+  mean, s, noise = adam_fit_hyperparams(
+      jax.tree.map(lambda v: v.astype(ms.sigma.dtype), params))
+  grid = jnp.linspace(0.0, 1.0, grid_size, dtype=ms.sigma.dtype)
+  ratio = noise / (s * ms.cmax)
+  m, v, c = _posterior_from_system(_centered(ms, mean), ratio, s, grid,
+                                   lengthscale)
+  post = Posterior(mean + m, v, c)
+  hyper = GPHyperparams(s, noise, _lml_given(ms, mean, s, noise))
+  return MinimumTestResult(past_minimum_probability(post, jitter),
+                           grid[jnp.argmin(m)], hyper, post, grid)

@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -352,14 +353,14 @@ SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
                  'total_steps', 'warmup_steps', 'lengthscale',
                  'noise_floor', 'grid_size', 'min_descent', 'valley_level',
                  'knee_slope', 'log_lr_range', 'minimum_after',
-                 'coherence_sum', 'coherence_count')
+                 'gp_fit_steps', 'coherence_sum', 'coherence_count')
 
 
 def test_state_is_flat_named_scalars_and_the_window():
   tx = oa.autowu(200, 10, window_size=16)
   state = tx.init({'w': jnp.zeros(2)})
-  assert state._fields == (SCALAR_FIELDS[:14] + ('window',) + SCALAR_FIELDS[14:24]
-                           + ('grad_sample',) + SCALAR_FIELDS[24:])
+  assert state._fields == (SCALAR_FIELDS[:14] + ('window',) + SCALAR_FIELDS[14:25]
+                           + ('grad_sample',) + SCALAR_FIELDS[25:] + ('gp_adam',))
   # The gradient sample: one strided float32 vector per params leaf.
   assert state.grad_sample['w'].shape == (2,)
   for name in SCALAR_FIELDS:
@@ -402,7 +403,7 @@ def test_authors_rule_keeps_the_papers_values():
   paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
-               minimum_after=1.0, coherence_threshold=-1.0)
+               minimum_after=1.0, coherence_threshold=-1.0, gp_fit='adam')
   curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
   a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
   b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
@@ -440,6 +441,7 @@ def test_restart_fraction_above_one_stops_at_the_largest_lr_tested(fraction):
     (dict(minimum_after=0.5), 'minimum_after'),
     (dict(coherence_threshold=1.5), 'coherence_threshold'),
     (dict(coherence_threshold=-1.5), 'coherence_threshold'),
+    (dict(gp_fit='adamw'), 'gp_fit'),
 ])
 def test_bad_rule_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -553,6 +555,51 @@ def test_gradients_of_other_params_are_an_error():
   with pytest.raises(ValueError, match='gradients'):
     tx.update(params, tx.init(params), params, value=1.0,
               gradients={'w': jnp.ones((4, 3))})
+  with pytest.raises(ValueError, match='gradients'):  # Same sizes, other tree.
+    tx.update(params, tx.init(params), params, value=1.0,
+              gradients=[jnp.ones((4, 3)), jnp.ones(3)])
+  # Containers of another type with the same paths are the same params.
+  pair = (jnp.ones((4, 3)), jnp.ones(3))
+  tx.update(pair, tx.init(pair), pair, value=1.0, gradients=list(pair))
+
+
+def test_coherence_rule_off_measures_nothing():
+  """``coherence_threshold=-1`` (the authors' preset): no sampling at all."""
+  for tx in (oa.autowu(T, SPE, coherence_threshold=-1.0),
+             oa.autowu(T, SPE, test_every=SPE, divergence_factor=None)):
+    state = _coherence_run(tx, _noise, num_steps=20)
+    assert int(state.coherence_count) == 0
+    assert not np.any(np.asarray(state.grad_sample['w']))
+
+
+def _authors_stream(t):
+  """Descends, then explodes (spikes of 10-1000x) past the optimum."""
+  base = 1.0 + ((t - 300.0) / 200.0)**2
+  return jnp.where(t > 380, base * (1.0 + 50.0 * jnp.sin(0.7 * t)**8), base)
+
+
+def test_authors_preset_fits_the_gp_as_the_authors_do():
+  """``gp_fit='adam'``: warm-started Adam hyperparameters, kept in the state,
+  and :func:`loss_curve_posterior` reproduces the decision from them."""
+  authors = oa.autowu(T, SPE, test_every=SPE, divergence_factor=None)
+  state, _ = _lr_trajectory(authors, T, _authors_stream)
+  assert int(state.gp_fit_steps) == 100
+  assert int(state.phase) == oa.DECAY
+  fit = state.gp_adam
+  init = oa.gp.adam_fit_init()
+  # One Adam state entry per test, 100 steps each, until the switch.
+  tests = (int(state.switch_step) + 1) // SPE
+  assert int(fit.adam_steps) == 100 * tests
+  assert not np.allclose(jax.tree.leaves(fit.params), jax.tree.leaves(init.params))
+  _, result = oa.loss_curve_posterior(state)
+  assert float(result.probability) == pytest.approx(float(state.probability))
+  assert float(result.argmin) == pytest.approx(float(state.argmin))
+  # The marginal-likelihood fit keeps the Adam state at its start.
+  ml = oa.autowu(T, SPE, test_every=SPE, divergence_factor=None,
+                 gp_fit='max_likelihood')
+  state_ml, _ = _lr_trajectory(ml, T, _authors_stream)
+  assert int(state_ml.gp_fit_steps) == 0
+  chex.assert_trees_all_equal(state_ml.gp_adam, init)
 
 
 def test_flat_noisy_start_rarely_restarts_badly():
@@ -695,3 +742,23 @@ def test_plateau_stream_switches_at_the_knee():
   assert 2 * knee_lr <= lr_at_switch <= 4 * knee_lr  # Soon after it doubled.
   # The authors' rule has no knee rule.
   assert oa.AUTHORS['knee_slope'] == 0.0
+
+
+@pytest.mark.parametrize('make', [
+    lambda: oa.autowu_lamb(T, SPE),
+    lambda: optax.chain(optax.adamw(1.0),
+                        oa.autowu(T, SPE, test_every=SPE, divergence_factor=None)),
+])
+def test_state_can_be_donated(make):
+  """A train step that donates the optimizer state (the usual Flax/Optax
+  loop): no two leaves of the state share a buffer."""
+  tx = make()
+  params = {'w': jnp.ones((4, 3))}
+  state = tx.init(params)
+  pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
+  assert len(set(pointers)) == len(pointers)
+  step = jax.jit(lambda g, s: tx.update(g, s, params, value=1.0),
+                 donate_argnums=1)
+  for _ in range(3):
+    _, state = step(params, state)
+  assert int(oa.find_autowu_state(state).count) == 3

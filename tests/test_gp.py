@@ -1,5 +1,6 @@
 """Tests for the closed-form GP of the AutoWU minimum test."""
 
+import chex
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -273,3 +274,62 @@ def test_fewer_points_than_features_match_dense_numpy(x64, n, capacity):
   ours = -_neg_lml(np.log([fit.signal_var, fit.noise_var]), x, y, counts,
                    0.1)
   np.testing.assert_allclose(fit.log_marginal_likelihood, ours, rtol=1e-9)
+
+
+def test_lml_and_posterior_at_given_hyperparameters_match_dense_numpy(x64):
+  """The authors' fit's objective and test: the marginal likelihood and the
+  posterior at given (mean, signal, noise), heteroscedastic, masked."""
+  del x64
+  x, y, counts, xp, yp, cp, mask = _data(3, 41, 56)
+  params = gp.GPParams(*jnp.asarray([0.4, 0.3, -2.0]))
+  mean, s, noise = (float(v) for v in gp.adam_fit_hyperparams(params))
+  ms = gp._mean_system(jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(cp),
+                       jnp.asarray(mask), LENGTHSCALE)
+  np.testing.assert_allclose(
+      -gp._lml_given(ms, mean, s, noise),
+      _neg_lml(np.log([s, noise]), x, y, counts, mean), rtol=1e-9)
+  res = jax.jit(lambda *a: gp.minimum_test_given(
+      *a, lengthscale=LENGTHSCALE, grid_size=65))(
+          xp, yp, cp, jnp.asarray(mask), params)
+  ref_mean, ref_cov = _dense_posterior(x, y, noise / counts,
+                                       np.linspace(0, 1, 65), s, mean)
+  np.testing.assert_allclose(res.posterior.mean, ref_mean, rtol=1e-6,
+                             atol=1e-9)
+  np.testing.assert_allclose(res.posterior.var, np.diag(ref_cov), rtol=1e-5,
+                             atol=1e-9)
+  diff = ref_mean[-1] - ref_mean[:-1]
+  var = np.diag(ref_cov)[:-1] + ref_cov[-1, -1] - 2 * ref_cov[:-1, -1]
+  np.testing.assert_allclose(
+      res.probability,
+      np.max(stats.norm.cdf(diff / np.sqrt(var + gp.AUTHORS_JITTER))),
+      rtol=1e-6)
+
+
+def test_adam_fit_matches_the_authors_fit():
+  """Three warm-started fits (100 Adam steps each, the mean re-set to the
+  data's) follow the NumPy port of the authors' ``Regressor`` (float64 dense
+  GP) to float32 precision, on a loss curve that explodes."""
+  from experiments import authors_check as ac  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  ref = ac._AuthorsGP(0)  # noqa: SLF001
+  fit = gp.adam_fit_init()
+  np.testing.assert_allclose(jax.tree.leaves(fit.params), ref.params, rtol=1e-6)
+  run = jax.jit(lambda x, y, f: gp.adam_fit(
+      x, y, jnp.ones_like(y), jnp.ones(y.shape, bool), f,
+      lengthscale=LENGTHSCALE))
+  losses = np.r_[2.3 - np.linspace(0, 1.8, 60), 0.5 + np.geomspace(0.01, 30, 30)]
+  losses = losses + 0.05 * rng.normal(size=losses.size)
+  for n in (50, 70, 90):
+    y = losses[:n]
+    x = np.arange(n) / n
+    ref.params[0] = y.mean()
+    ref.fit(x, y)
+    fit = run(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), fit)
+    got = [float(v) for v in gp.adam_fit_hyperparams(fit.params)]
+    np.testing.assert_allclose(got, ref.hyper(), rtol=2e-3)
+  # No data: the fit is kept as it was.
+  kept = jax.jit(lambda f: gp.adam_fit(
+      jnp.zeros(8), jnp.zeros(8), jnp.zeros(8), jnp.zeros(8, bool), f,
+      lengthscale=LENGTHSCALE))(fit)
+  chex.assert_trees_all_equal(kept, fit)

@@ -51,7 +51,8 @@ def test_posterior_under_jit_needs_explicit_constants():
     jax.jit(lambda s: oa.loss_curve_posterior(s)[1].argmin)(state)
   out = jax.jit(lambda s: oa.loss_curve_posterior(
       s, lengthscale=0.2, grid_size=32, noise_floor=1e-4, min_descent=0.0,
-      valley_level=0.0, knee_slope=0.0, minimum_after=1.0)[1].argmin)(state)
+      valley_level=0.0, knee_slope=0.0, minimum_after=1.0,
+      gp_fit_steps=0)[1].argmin)(state)
   assert np.isfinite(out)
 
 
