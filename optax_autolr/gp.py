@@ -607,7 +607,7 @@ def adam_fit(x: jax.Array, y: jax.Array, counts: jax.Array, mask: jax.Array,
     y: ``[n]`` bin means of the loss.
     counts: ``[n]`` number of losses in each bin.
     mask: ``[n]`` boolean mask of the bins in use (none: ``fit`` is
-      returned unchanged).
+      returned unchanged, as it is when the new one is not finite).
     fit: the :class:`AdamFit` of the previous test (:func:`adam_fit_init`
       before the first).
     lengthscale: the fixed RBF lengthscale.
@@ -643,7 +643,11 @@ def adam_fit(x: jax.Array, y: jax.Array, counts: jax.Array, mask: jax.Array,
                                  nu=fit.adam_nu)
   params, state = jax.lax.fori_loop(0, num_steps, step, (params, state))
   new = AdamFit(params, state.mu, state.nu, state.count)
-  return jax.tree.map(functools.partial(jnp.where, jnp.any(mask)), new, fit)
+  # No data, or a fit that overflowed (a loss spike of ~1e9 squares past
+  # float32 in Adam's second moment): keep the last fit.
+  ok = jnp.any(mask) & functools.reduce(
+      jnp.logical_and, [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(new)])
+  return jax.tree.map(functools.partial(jnp.where, ok), new, fit)
 
 
 def minimum_test_given(x: jax.Array, y: jax.Array, counts: jax.Array,
