@@ -138,8 +138,8 @@ class AutoWUState(NamedTuple):
       gradients over the first tenth of the maximal warmup.
     coherence_count: int32, their number.
     gp_adam: the :class:`~optax_autolr.gp.AdamFit` (GP hyperparameters and
-      their Adam state) of the last test under ``gp_fit='adam'``; its
-      starting point otherwise.
+      their Adam state) of the last test under ``gp_fit='adam'``; ``None``
+      (no leaves) under ``'max_likelihood'``, which fits afresh each test.
 
   The eleven from ``total_steps`` to ``gp_fit_steps`` are constants of the
   transformation, kept so that
@@ -178,7 +178,7 @@ class AutoWUState(NamedTuple):
   grad_sample: Any
   coherence_sum: jax.Array
   coherence_count: jax.Array
-  gp_adam: gp.AdamFit
+  gp_adam: gp.AdamFit | None
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -412,7 +412,7 @@ def _sample_plan(shape: tuple[int, ...]) -> _SamplePlan:
 
 def _scaled_sample(tree: Any) -> list[jax.Array]:
   """Each leaf of ``tree`` at its sampled entries, flattened, float32, all
-  divided by the largest entry (so that neither tiny nor huge gradients
+  divided by the largest absolute entry (so that neither tiny nor huge gradients
   underflow or overflow the cosine's squared norms; NaN if all are zero or
   one is not finite)."""
   leaves = [jnp.ravel(jnp.asarray(x)[tuple(
@@ -1052,7 +1052,7 @@ def autowu(
             lambda p: jnp.zeros((_sample_plan(jnp.shape(p)).size,),
                                 jnp.float32), params),
         coherence_sum=f32(0.0), coherence_count=i32(0),
-        gp_adam=gp.adam_fit_init())
+        gp_adam=gp.adam_fit_init() if cfg.gp_fit == 'adam' else None)
 
   def update_fn(updates, state, params=None, *, value=None, gradients=None,
                 **extra_args):
@@ -1717,7 +1717,13 @@ def loss_curve_posterior(state: Any, *, path: str | None = None,
                    s.switch_step - 1, last)
   last = jnp.maximum(last, 1)
   given['grid_size'] = int(given['grid_size'])
-  fit_params = s.gp_adam.params if given.pop('gp_fit_steps') else None
+  fit_params = None
+  if given.pop('gp_fit_steps'):
+    if s.gp_adam is None:
+      raise ValueError(
+          'gp_fit_steps > 0 tests at the fit kept in the state, and this '
+          "state has none (it was made with gp_fit='max_likelihood').")
+    fit_params = s.gp_adam.params
   lr_span = s.log_lr_range * jnp.minimum(
       last.astype(jnp.float32) / s.warmup_steps, 1.0)
   result, _ = _jit_test(s.window, last, lr_span, fit_params=fit_params,

@@ -594,12 +594,16 @@ def test_authors_preset_fits_the_gp_as_the_authors_do():
   _, result = oa.loss_curve_posterior(state)
   assert float(result.probability) == pytest.approx(float(state.probability))
   assert float(result.argmin) == pytest.approx(float(state.argmin))
-  # The marginal-likelihood fit keeps the Adam state at its start.
+  # The marginal-likelihood fit keeps no Adam fit: no leaves in the state.
   ml = oa.autowu(T, SPE, test_every=SPE, divergence_factor=None,
                  gp_fit='max_likelihood')
   state_ml, _ = _lr_trajectory(ml, T, _authors_stream)
   assert int(state_ml.gp_fit_steps) == 0
-  chex.assert_trees_all_equal(state_ml.gp_adam, init)
+  assert state_ml.gp_adam is None
+  assert len(jax.tree.leaves(state_ml)) == len(jax.tree.leaves(state)) - len(
+      jax.tree.leaves(init))
+  with pytest.raises(ValueError, match='gp_fit_steps'):
+    oa.loss_curve_posterior(state_ml, gp_fit_steps=100)
 
 
 def test_flat_noisy_start_rarely_restarts_badly():
