@@ -89,6 +89,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "restart05": {"restart_fraction": 0.5},  # The LAMB transformer: LR or excursion?
     "knee15restart05": {"knee_ratio": 1.5, "restart_fraction": 0.5},  # A smaller excursion.
     "restart3": {"restart_fraction": 3.0},  # The AdamW image cases: the grid's 2-10x.
+    "mwf035": {"max_warmup_fraction": 0.35},  # Between the defaults' ramp and mwf05's.
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
