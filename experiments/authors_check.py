@@ -149,7 +149,7 @@ GP_FIT_NOTE = (
     "raw loss units, the mean constant re-set to the losses' mean, 100 Adam steps (lr 0.01) "
     "per test on the negative marginal likelihood per point, warm-started from the last test's "
     "parameters and Adam state, noise `softplus(raw) + 1e-4` started at 1e-3; their positions "
-    "`x = index / n`; their test jitter 1e-4 (squared loss units). Before library `fcbaa9050c40` "
+    "`x = index / n`; their test jitter 1e-4 (squared loss units). Before 0.3.0's `gp_fit='adam'` "
     "the preset used the defaults' fit (marginal-likelihood maximum on the standardized losses, "
     "`gp_fit='max_likelihood'`) and restarted lamb_b1024_e20_s0 at 0.0036 against their 0.097 "
     "(5 of the first 6 traces passed): when the loss explodes (losses of 50-8229 among losses "
