@@ -30,6 +30,7 @@ from optax_autolr._autowu import DEFAULTS
 from optax_autolr._autowu import default_test_every
 from optax_autolr._autowu import DIVERGED
 from optax_autolr._autowu import find_autowu_state
+from optax_autolr._autowu import FLOAT_CONSTANTS
 from optax_autolr._autowu import find_autowu_states
 from optax_autolr._autowu import get_lr
 from optax_autolr._autowu import get_metrics
@@ -39,6 +40,7 @@ from optax_autolr._autowu import get_switch
 from optax_autolr._autowu import loss_curve_posterior
 from optax_autolr._autowu import lr_hyperparams
 from optax_autolr._autowu import knee_outcome
+from optax_autolr._autowu import INT_CONSTANTS
 from optax_autolr._autowu import KNEE_PASSED
 from optax_autolr._autowu import MAX_WARMUP
 from optax_autolr._autowu import NON_FINITE
@@ -66,8 +68,8 @@ from optax_autolr.window import LossWindow
 __version__ = '0.3.0'
 
 __all__ = [
-    'AUTHORS', 'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DEFAULTS', 'DIVERGED', 'LossWindow',
-    'KNEE_PASSED', 'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
+    'AUTHORS', 'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DEFAULTS', 'DIVERGED', 'FLOAT_CONSTANTS',
+    'INT_CONSTANTS', 'LossWindow', 'KNEE_PASSED', 'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
     'adamp', 'autowu', 'autowu_adamp', 'autowu_adamw', 'autowu_lamb', 'check_restored',
     'default_test_every', 'find_autowu_states', 'get_metrics', 'knee_outcome',
     'minimum_test_outcome', 'scale_by_adamp',

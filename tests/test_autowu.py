@@ -358,10 +358,20 @@ SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
 def test_state_is_flat_named_scalars_and_the_window():
   tx = oa.autowu(200, 10, window_size=16)
   state = tx.init({'w': jnp.zeros(2)})
-  assert state._fields == (SCALAR_FIELDS[:14] + ('window',) + SCALAR_FIELDS[14:25]
-                           + ('grad_sample',) + SCALAR_FIELDS[25:] + ('gp_adam',))
-  # The gradient sample: one strided float32 vector per params leaf.
-  assert state.grad_sample['w'].shape == (2,)
+  assert state._fields == (SCALAR_FIELDS[:14] + ('window', 'int_constants',
+                                                 'float_constants',
+                                                 'grad_sample')
+                           + SCALAR_FIELDS[25:] + ('gp_adam',))
+  # The constants are packed (properties read them); the gradient sample is
+  # one strided float32 vector: 23 leaves, however many the params have.
+  assert oa.INT_CONSTANTS + oa.FLOAT_CONSTANTS == tuple(
+      sorted(SCALAR_FIELDS[14:25], key=(oa.INT_CONSTANTS
+                                        + oa.FLOAT_CONSTANTS).index))
+  assert state.grad_sample.shape == (2,)
+  assert len(jax.tree.leaves(state)) == 23
+  many = tx.init({f'w{i}': jnp.zeros((3, i + 1)) for i in range(40)})
+  assert len(jax.tree.leaves(many)) == 23
+  assert many.grad_sample.shape == (sum(3 * (i + 1) for i in range(40)),)
   for name in SCALAR_FIELDS:
     assert getattr(state, name).shape == (), name
   assert state.window.sums.shape == (2, 16)
@@ -514,8 +524,8 @@ def test_coherence_of_sampled_leaves_estimates_the_whole_cosine():
   state = _coherence_run(
       tx, lambda t: jax.tree.map(lambda a, b: jnp.where(t == 0, a, b), *grads),
       num_steps=2, params=params)
-  assert 0 < state.grad_sample['w'].shape[0] <= 4096 < 30000
-  assert state.grad_sample['b'].shape == (4000,)
+  # b whole (4000), then w strided (at most 4096 of 30000), in tree order.
+  assert 4000 < state.grad_sample.shape[0] <= 4000 + 4096
   flat = lambda g: jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(g)])
   a, b = flat(grads[0]), flat(grads[1])
   exact = float(a @ b / jnp.sqrt((a @ a) * (b @ b)))  # ~0.41; unweighted ~-0.2.
@@ -568,7 +578,7 @@ def test_coherence_rule_off_measures_nothing():
              oa.autowu(T, SPE, test_every=SPE, divergence_factor=None)):
     state = _coherence_run(tx, _noise, num_steps=20)
     assert int(state.coherence_count) == 0
-    assert not np.any(np.asarray(state.grad_sample['w']))
+    assert not np.any(np.asarray(state.grad_sample))
 
 
 def _authors_stream(t):

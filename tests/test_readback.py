@@ -116,12 +116,36 @@ def test_restoring_into_another_budget_warns():
 
 
 def test_a_dict_state_of_an_older_version_is_found_and_named():
-  """An Orbax restore without a target, saved before ``minimum_after`` existed."""
+  """An Orbax restore without a target, saved before ``minimum_after`` existed
+  (one leaf per constant, before they were packed)."""
   fresh = oa.autowu(1000, 10).init(None)
-  old = {k: v for k, v in fresh._asdict().items() if k != 'minimum_after'}
+  old = {k: v for k, v in fresh._asdict().items()
+         if k not in ('int_constants', 'float_constants')}
+  old.update({n: getattr(fresh, n) for n in oa.INT_CONSTANTS
+              + oa.FLOAT_CONSTANTS if n != 'minimum_after'})
   with pytest.warns(UserWarning, match=r"minimum_after: state missing \(an older"):
     diffs = oa.check_restored({'opt': old}, fresh)
   assert len(diffs) == 1, diffs
+
+
+def test_a_dict_state_with_packed_constants_is_read():
+  """An Orbax restore without a target of the current state."""
+  old = oa.autowu(1000, 10).init(None)._asdict()
+  fresh = oa.autowu(2000, 10).init(None)
+  with pytest.warns(UserWarning, match='total_steps: state 1000, transformation 2000'):
+    diffs = oa.check_restored({'opt': old}, fresh)
+  assert len(diffs) == 2, diffs  # total_steps and warmup_steps.
+
+
+def test_a_linear_warmup_state_matches_its_transformation():
+  tx = oa.autowu(100, 10, warmup='linear')  # minimum_after: 3, unused.
+  params = {'w': jnp.zeros(2)}
+  state = tx.init(params)
+  assert float(state.minimum_after) == 1.0
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    tx.update(params, state, params, value=1.0)
+    assert oa.check_restored(state, tx.init(params)) == []
 
 
 def test_repr_and_metrics_of_an_nnx_optimizer_state():
