@@ -1644,8 +1644,8 @@ def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
   Finds :class:`AutoWUState` nodes and their dict forms (``nnx.State`` of a
   split ``nnx.Optimizer``, an Orbax restore without a target).
   """
-  def is_node(x):  # Dicts: by the constants (packed, or one leaf each before
-    return isinstance(x, AutoWUState) or (  # 0.3.0).
+  def is_node(x):  # Dicts: by the constants (packed, or one leaf each in
+    return isinstance(x, AutoWUState) or (  # earlier 0.3.0 states).
         isinstance(x, Mapping) and (
             all(n in x for n in ('int_constants', 'float_constants'))
             or all(n in x for n in _CONFIG_FIELDS[:5])))

@@ -67,7 +67,7 @@ _SCRIPT = textwrap.dedent('''
         p, s = jax.block_until_ready(step(p, s, x, y))
         lrs.append(oa.get_lr(s))
       aw = oa.find_autowu_state(s)
-      sample = aw.grad_sample  # Follows the gradients' sharding.
+      sample = aw.grad_sample  # One vector; XLA picks its sharding.
       aw = aw._replace(grad_sample=None)
       mu = s[0][0].mu  # LAMB's first moment, sharded like the params
       leaves = lambda t: jax.tree.leaves(t)
