@@ -93,6 +93,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # A second, linear warmup over 10 % of the budget after the switch (schedules.rewarm):
     # the grid's best cell has a 20 % warmup in 8 of 12 cases.
     "rewarm10": {"rewarm_fraction": 0.1},
+    "rewarm20": {"rewarm_fraction": 0.2},  # The same over 20 %: the AdamW image cases.
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
