@@ -232,51 +232,11 @@ class Built(NamedTuple):
   is_autowu: bool = False
 
 
-REWARM = "rewarm_fraction"
-"""An ``autowu_kwargs`` key that is no argument of ``autowu``: the rewarm candidate
-(:func:`rewarm`), for ``suite.VARIANTS``."""
-
-
-def _rewarm_factor(opt_state, length: int) -> jax.Array:
-  s = optax_autolr.find_autowu_state(opt_state)
-  since = s.count - s.switch_step  # After the update of step t: count = t + 1.
-  return jnp.where(s.phase == optax_autolr.DECAY,
-                   jnp.minimum(since.astype(jnp.float32) / length, 1.0), 1.0)
-
-
-def rewarm(tx: optax.GradientTransformationExtraArgs, total_steps: int,
-           fraction: float) -> tuple[optax.GradientTransformationExtraArgs, LrFn]:
-  """A decision-rule candidate (experiments only): a second, linear warmup after the switch.
-
-  From AutoWU's switch at step ``s``, the update of step ``t`` is scaled by
-  ``min(1, (t + 1 - s) / L)``, ``L = max(1, int(fraction * total_steps))``: the LR ramps
-  linearly from ``restart / L`` to the decay's own over ``L`` steps. A grid's best cell often
-  has a long linear warmup to its peak; AutoWU's exponential ramp spends most of its steps far
-  below the restart LR. Returns the wrapped ``tx`` and its ``lr_fn`` (the applied LR).
-  """
-  length = max(1, int(fraction * total_steps))
-
-  def update_fn(updates, state, params=None, **extra_args):
-    updates, state = tx.update(updates, state, params, **extra_args)
-    factor = _rewarm_factor(state, length)
-    return jax.tree.map(lambda u: (factor * u).astype(u.dtype), updates), state
-
-  def lr_fn(opt_state, step):
-    lr, phase, probability = _autowu_lr_fn(opt_state, step)
-    return lr * _rewarm_factor(opt_state, length), phase, probability
-
-  return optax.GradientTransformationExtraArgs(tx.init, update_fn), lr_fn
-
-
 def _autowu(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
-  kwargs = {k: v for k, v in a.autowu_kwargs.items() if k != REWARM}
   tx = make(a.total_steps, a.steps_per_epoch, weight_decay=a.weight_decay,
-            mask=decay_mask, **kwargs)
-  lr_fn = _autowu_lr_fn
-  if REWARM in a.autowu_kwargs:
-    tx, lr_fn = rewarm(tx, a.total_steps, a.autowu_kwargs[REWARM])
+            mask=decay_mask, **a.autowu_kwargs)
   hp = dict(base=base, weight_decay=a.weight_decay, autowu_kwargs=a.autowu_kwargs)
-  return Built(tx, hp, lr_fn, needs_value=True, is_autowu=True)
+  return Built(tx, hp, _autowu_lr_fn, needs_value=True, is_autowu=True)
 
 
 def _warmup_decay(make: Callable[..., Any], base: str, a: OptimizerArgs,

@@ -90,10 +90,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knee15restart05": {"knee_ratio": 1.5, "restart_fraction": 0.5},  # A smaller excursion.
     "restart3": {"restart_fraction": 3.0},  # The AdamW image cases: the grid's 2-10x.
     "mwf035": {"max_warmup_fraction": 0.35},  # Between the defaults' ramp and mwf05's.
-    # A second, linear warmup over 10 % of the budget after the switch (schedules.rewarm):
-    # the grid's best cell has a 20 % warmup in 8 of 12 cases.
+    # The second, linear warmup after a noise-dominated start (the default over 20 % of the
+    # budget since library 7fd431e05e13's successor): over 10 %, and none. Before that library,
+    # rewarm10 / rewarm20 were an experiments-side wrapper that ramped after every switch.
     "rewarm10": {"rewarm_fraction": 0.1},
-    "rewarm20": {"rewarm_fraction": 0.2},  # The same over 20 %: the AdamW image cases.
+    "rewarm20": {"rewarm_fraction": 0.2},
+    "norewarm": {"rewarm_fraction": 0.0},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]

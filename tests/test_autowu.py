@@ -412,7 +412,8 @@ def test_authors_rule_keeps_the_papers_values():
   paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
-               minimum_after=1.0, coherence_threshold=-1.0, gp_fit='adam')
+               minimum_after=1.0, coherence_threshold=-1.0,
+               rewarm_fraction=0.0, gp_fit='adam')
   curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
   a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
   b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
@@ -450,6 +451,8 @@ def test_restart_fraction_above_one_stops_at_the_largest_lr_tested(fraction):
     (dict(minimum_after=0.5), 'minimum_after'),
     (dict(coherence_threshold=1.5), 'coherence_threshold'),
     (dict(coherence_threshold=-1.5), 'coherence_threshold'),
+    (dict(rewarm_fraction=1.0), 'rewarm_fraction'),
+    (dict(rewarm_fraction=-0.1), 'rewarm_fraction'),
     (dict(gp_fit='adamw'), 'gp_fit'),
 ])
 def test_bad_rule_arguments(kwargs, match):
@@ -509,6 +512,59 @@ def test_coherence_rule_restarts_from_the_largest_lr_tested_after_a_noisy_start(
   assert abs(float(noisy.coherence_sum) / int(noisy.coherence_count)) < 0.2
   assert float(coherent.coherence_sum) / int(coherent.coherence_count) > 0.95
   assert int(plain.coherence_count) == 0
+
+
+def _coherence_lrs(tx, gradients, num_steps=T):
+  """The LR of every step of :func:`_coherence_run`, and its final state."""
+  params = {'w': jnp.zeros((3, 50)), 'b': jnp.zeros(7)}
+  curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
+
+  @jax.jit
+  def run():
+    def step(state, t):
+      _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
+                           value=curve(t), gradients=gradients(t))
+      return state, state.lr
+
+    return jax.lax.scan(step, tx.init(params), jnp.arange(num_steps))
+
+  state, lrs = run()
+  return np.asarray(lrs), state
+
+
+@pytest.mark.parametrize('fraction', [0.1, 0.2])
+def test_second_warmup_follows_a_noisy_start_only(fraction):
+  """After a noise-dominated start the decay's LR ramps up linearly over
+  ``rewarm_fraction * T`` steps from the switch; a coherent start, or
+  ``rewarm_fraction=0``, leaves the schedule as it was."""
+  lrs, noisy = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=fraction),
+                              _noise)
+  flat, off = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=0.0), _noise)
+  switch = int(noisy.switch_step)
+  assert switch == int(off.switch_step) > 0
+  assert float(noisy.restart_lr) == float(off.restart_lr)
+  np.testing.assert_array_equal(lrs[:switch], flat[:switch])
+  length = int(fraction * T)
+  k = np.arange(T - switch)
+  np.testing.assert_allclose(lrs[switch:],
+                             flat[switch:] * np.minimum((k + 1) / length, 1.0),
+                             rtol=1e-6)
+  assert lrs[switch] < flat[switch] / (length - 1)
+  # A coherent start: the same LRs as without the second warmup.
+  coherent, _ = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=fraction),
+                               _signal)
+  unramped, _ = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=0.0), _signal)
+  np.testing.assert_array_equal(coherent, unramped)
+
+
+def test_second_warmup_is_the_default_and_not_the_authors():
+  assert oa.DEFAULTS['rewarm_fraction'] == 0.2
+  assert oa.AUTHORS['rewarm_fraction'] == 0.0
+  # No gradients given: no coherence measured, no second warmup.
+  plain = _coherence_run(oa.autowu(T, SPE), None)
+  _, (lrs, _) = _lr_trajectory(oa.autowu(T, SPE, rewarm_fraction=0.0), T,
+                               lambda t: 1.0 + ((t - 300.0) / 200.0)**2)
+  assert float(plain.lr) == float(lrs[T - 1]) > 0.0
 
 
 def test_coherence_of_sampled_leaves_estimates_the_whole_cosine():

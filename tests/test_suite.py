@@ -167,38 +167,3 @@ def test_rule_cli_errors_are_two_lines(module, arg, capsys):
   assert exc.value.code == 2
   err = capsys.readouterr().err
   assert "min_descent" in err and len(err.strip().splitlines()) <= 2
-
-
-def test_rewarm_candidate_ramps_the_lr_after_the_switch():
-  """``autowu:rewarm10``: after the switch the applied LR is the decay's x min(1, k / L)."""
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import optax_autolr  # noqa: PLC0415
-
-  from experiments import schedules  # noqa: PLC0415
-
-  total = 200
-  kwargs = dict(suite.VARIANTS["rewarm10"], max_warmup_fraction=0.1)
-  tx, _, info = schedules.make_optimizer("autowu_lamb", total_steps=total,
-                                         steps_per_epoch=10, autowu_kwargs=kwargs)
-  plain, _, plain_info = schedules.make_optimizer(
-      "autowu_lamb", total_steps=total, steps_per_epoch=10,
-      autowu_kwargs={"max_warmup_fraction": 0.1})
-  params = {"w": jnp.ones((3, 2))}
-  states = [tx.init(params), plain.init(params)]
-  steps = [jax.jit(lambda s, t=t: t.update(params, s, params, value=jnp.float32(1.0)))
-           for t in (tx, plain)]
-  ratios = []
-  for t in range(40):
-    out = [f(s) for f, s in zip(steps, states)]
-    states = [o[1] for o in out]
-    lr, phase, _ = info.lr_fn(states[0], t)
-    lr_plain = float(plain_info.lr_fn(states[1], t)[0])
-    assert float(jnp.abs(out[0][0]["w"]).max()) == pytest.approx(float(lr), rel=1e-5)
-    ratios.append(float(lr) / lr_plain)
-  switch = int(optax_autolr.get_switch(states[0])[0])
-  assert switch == 20  # The maximal warmup reached (T_w: 10 % of 200 steps).
-  assert ratios[:switch] == [1.0] * switch
-  length = int(0.1 * total)
-  np.testing.assert_allclose(ratios[switch:], [min(1.0, (k + 1) / length)
-                                               for k in range(40 - switch)], rtol=1e-5)
