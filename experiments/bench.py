@@ -246,8 +246,10 @@ class _Variant:
       for field, v in (('num_bins', cap), ('bin_size', bin_size),
                        ('last_count', bin_size)):
         getattr(w, field).set_value(jnp.asarray(v, jnp.int32))
+      stats = np.array(s.stats.get_value())
       for field in ('loss_ema', 'ema_min'):
-        getattr(s, field).set_value(jnp.asarray(loss0, jnp.float32))
+        stats[optax_autolr.STATS.index(field)] = loss0
+      s.stats.set_value(jnp.asarray(stats, jnp.float32))
       w.sums.set_value(jnp.asarray(np.stack([curve, steps]) * bin_size))
       self.t = spe
       s.count.set_value(jnp.asarray(self.t, jnp.int32))

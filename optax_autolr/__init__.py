@@ -45,6 +45,7 @@ from optax_autolr._autowu import KNEE_PASSED
 from optax_autolr._autowu import MAX_WARMUP
 from optax_autolr._autowu import NON_FINITE
 from optax_autolr._autowu import NOT_SWITCHED
+from optax_autolr._autowu import STATS
 from optax_autolr._autowu import SWITCH_REASONS
 from optax_autolr._autowu import minimum_test_outcome
 from optax_autolr._autowu import WARMUP
@@ -69,7 +70,7 @@ __version__ = '0.3.0'
 
 __all__ = [
     'AUTHORS', 'AutoWUState', 'CONFIDENT_MINIMUM', 'DECAY', 'DEFAULTS', 'DIVERGED', 'FLOAT_CONSTANTS',
-    'INT_CONSTANTS', 'LossWindow', 'KNEE_PASSED', 'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'SWITCH_REASONS', 'WARMUP',
+    'INT_CONSTANTS', 'LossWindow', 'KNEE_PASSED', 'MAX_WARMUP', 'NON_FINITE', 'NOT_SWITCHED', 'STATS', 'SWITCH_REASONS', 'WARMUP',
     'adamp', 'autowu', 'autowu_adamp', 'autowu_adamw', 'autowu_lamb', 'check_restored',
     'default_test_every', 'find_autowu_states', 'get_metrics', 'knee_outcome',
     'minimum_test_outcome', 'scale_by_adamp',

@@ -91,6 +91,9 @@ INT_CONSTANTS = ('total_steps', 'warmup_steps', 'grid_size', 'gp_fit_steps')
 FLOAT_CONSTANTS = ('lengthscale', 'noise_floor', 'min_descent', 'valley_level',
                    'knee_slope', 'log_lr_range', 'minimum_after')
 """The constants in :attr:`AutoWUState.float_constants`, in order."""
+STATS = ('positives', 'argmin', 'loss_ema', 'ema_min', 'spike_lr',
+         'last_loss', 'diff_ema', 'coherence_sum', 'coherence_count')
+"""The running values in :attr:`AutoWUState.stats`, in order."""
 
 
 class AutoWUState(NamedTuple):
@@ -104,22 +107,12 @@ class AutoWUState(NamedTuple):
     count: int32, number of updates done so far (the step ``t``).
     phase: int32, ``WARMUP`` (0) or ``DECAY`` (1); never goes back to 0.
     lr: float32, the learning rate applied at the last update.
-    positives: int32, consecutive positive minimum tests.
     probability: float32, past-minimum probability of the last test.
-    argmin: float32, position in ``[0, 1]`` of the last test's restart point
-      (the posterior-mean minimum, or its valley point, see ``valley_level``).
     switch_step: int32, step of the switch (``-1`` before it).
     restart_lr: float32, the LR the decay starts from (0 before the switch).
     switch_reason: int32, one of the keys of ``SWITCH_REASONS``.
-    loss_ema: float32, short EMA of the finite warmup losses (not bias
-      corrected; the window holds their number).
-    ema_min: float32, smallest bias-corrected ``loss_ema`` so far.
-    spike_lr: float32, the LR of the update before the first loss spike of
-      the warmup (``inf`` if none yet; see ``spike_factor``): it caps the
-      restart LR.
-    last_loss: float32, the last finite warmup loss.
-    diff_ema: float32, EMA of the absolute difference of successive finite
-      warmup losses (not bias corrected), the spike test's noise scale.
+    stats: float32 ``[9]``, the decision rule's running values
+      (:data:`STATS`), read as the properties below.
     window: the :class:`~optax_autolr.window.LossWindow` of warmup losses;
       frozen at the switch.
     int_constants: int32 ``[4]``, the transformation's integer constants
@@ -132,23 +125,39 @@ class AutoWUState(NamedTuple):
       the leaves concatenated in tree order, all divided by the largest
       absolute entry; zeros if none was given or the coherence rule is off
       (``None`` for ``init(None)``).
-    coherence_sum: float32, sum of the cosines of successive sampled
-      gradients over the first tenth of the maximal warmup.
-    coherence_count: int32, their number.
     gp_adam: the :class:`~optax_autolr.gp.AdamFit` (GP hyperparameters and
       their Adam state) of the last test under ``gp_fit='adam'``; ``None``
       (no leaves) under ``'max_likelihood'``, which fits afresh each test.
+
+  The running values of the rule, each a read-only float32 property of the
+  state (packed in ``stats``, see below why):
+
+  * ``positives``, the number of consecutive positive minimum tests;
+  * ``argmin``, the position in ``[0, 1]`` of the last test's restart point
+    (the posterior-mean minimum, or its valley point, see ``valley_level``);
+  * ``loss_ema``, a short EMA of the finite warmup losses (not bias
+    corrected; the window holds their number);
+  * ``ema_min``, the smallest bias-corrected ``loss_ema`` so far;
+  * ``spike_lr``, the LR of the update before the first loss spike of the
+    warmup (``inf`` if none yet; see ``spike_factor``): it caps the restart;
+  * ``last_loss``, the last finite warmup loss;
+  * ``diff_ema``, an EMA of the absolute difference of successive finite
+    warmup losses (not bias corrected), the spike test's noise scale;
+  * ``coherence_sum``, the sum of the cosines of successive sampled
+    gradients over the first tenth of the maximal warmup, and
+    ``coherence_count``, their number.
 
   The constants of the transformation are kept so that
   :func:`loss_curve_posterior` reproduces a decision (its probability and
   restart point; not ``coherence_threshold``, which is not kept) from the
   state alone and :func:`check_restored` can tell a checkpoint made for
-  another budget. They are packed in two arrays, not eleven scalars: every
-  state leaf costs a train step a few microseconds of buffer handling (more
-  through ``nnx.split`` / ``nnx.merge``), and on a small model those add up
-  (measured with ``python -m experiments.bench``: 32 leaves -> 23 took an
-  MLP step at batch 1024 on CPU from 1.026x to 1.021x LAMB's).
-  Each is a read-only property of the state:
+  another budget. They are packed in two arrays, not eleven scalars, as the
+  running values are in one: every state leaf costs a train step a few
+  microseconds of buffer handling (more through ``nnx.split`` /
+  ``nnx.merge``), and on a small model those add up (measured with
+  ``python -m experiments.bench``: 32 leaves -> 23 took an MLP step at batch
+  1024 on CPU from 1.026x to 1.021x LAMB's). Each is a read-only property of
+  the state:
 
   * ``total_steps`` (int32), the ``total_steps`` it was built for;
   * ``warmup_steps`` (int32), its maximal warmup :math:`T_w`;
@@ -169,36 +178,38 @@ class AutoWUState(NamedTuple):
   count: jax.Array
   phase: jax.Array
   lr: jax.Array
-  positives: jax.Array
   probability: jax.Array
-  argmin: jax.Array
   switch_step: jax.Array
   restart_lr: jax.Array
   switch_reason: jax.Array
-  loss_ema: jax.Array
-  ema_min: jax.Array
-  spike_lr: jax.Array
-  last_loss: jax.Array
-  diff_ema: jax.Array
+  stats: jax.Array
   window: window_lib.LossWindow
   int_constants: jax.Array
   float_constants: jax.Array
   grad_sample: jax.Array | None
-  coherence_sum: jax.Array
-  coherence_count: jax.Array
   gp_adam: gp.AdamFit | None
 
-  total_steps = property(lambda self: _constant(self, 'total_steps'))
-  warmup_steps = property(lambda self: _constant(self, 'warmup_steps'))
-  grid_size = property(lambda self: _constant(self, 'grid_size'))
-  gp_fit_steps = property(lambda self: _constant(self, 'gp_fit_steps'))
-  lengthscale = property(lambda self: _constant(self, 'lengthscale'))
-  noise_floor = property(lambda self: _constant(self, 'noise_floor'))
-  min_descent = property(lambda self: _constant(self, 'min_descent'))
-  valley_level = property(lambda self: _constant(self, 'valley_level'))
-  knee_slope = property(lambda self: _constant(self, 'knee_slope'))
-  log_lr_range = property(lambda self: _constant(self, 'log_lr_range'))
-  minimum_after = property(lambda self: _constant(self, 'minimum_after'))
+  positives = property(lambda self: _packed(self, 'positives'))
+  argmin = property(lambda self: _packed(self, 'argmin'))
+  loss_ema = property(lambda self: _packed(self, 'loss_ema'))
+  ema_min = property(lambda self: _packed(self, 'ema_min'))
+  spike_lr = property(lambda self: _packed(self, 'spike_lr'))
+  last_loss = property(lambda self: _packed(self, 'last_loss'))
+  diff_ema = property(lambda self: _packed(self, 'diff_ema'))
+  coherence_sum = property(lambda self: _packed(self, 'coherence_sum'))
+  coherence_count = property(lambda self: _packed(self, 'coherence_count'))
+
+  total_steps = property(lambda self: _packed(self, 'total_steps'))
+  warmup_steps = property(lambda self: _packed(self, 'warmup_steps'))
+  grid_size = property(lambda self: _packed(self, 'grid_size'))
+  gp_fit_steps = property(lambda self: _packed(self, 'gp_fit_steps'))
+  lengthscale = property(lambda self: _packed(self, 'lengthscale'))
+  noise_floor = property(lambda self: _packed(self, 'noise_floor'))
+  min_descent = property(lambda self: _packed(self, 'min_descent'))
+  valley_level = property(lambda self: _packed(self, 'valley_level'))
+  knee_slope = property(lambda self: _packed(self, 'knee_slope'))
+  log_lr_range = property(lambda self: _packed(self, 'log_lr_range'))
+  minimum_after = property(lambda self: _packed(self, 'minimum_after'))
 
   def __repr__(self) -> str:
     s = _to_numpy(self)
@@ -233,16 +244,23 @@ def _to_numpy(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def _constant(state: AutoWUState, name: str) -> Any:
-  """One constant of ``state`` (see :class:`AutoWUState`): its entry of
-  ``int_constants`` or ``float_constants`` (stacked states: along the last
-  axis)."""
-  if name in INT_CONSTANTS:
-    packed, index = state.int_constants, INT_CONSTANTS.index(name)
-  else:
-    packed, index = state.float_constants, FLOAT_CONSTANTS.index(name)
-  packed = packed.get_value() if hasattr(packed, 'get_value') else packed
-  return packed[..., index]
+def _packed(state: AutoWUState, name: str) -> Any:
+  """One packed value of ``state`` (see :class:`AutoWUState`): its entry of
+  ``stats``, ``int_constants`` or ``float_constants`` (stacked states: along
+  the last axis)."""
+  for names, field in ((STATS, 'stats'), (INT_CONSTANTS, 'int_constants'),
+                       (FLOAT_CONSTANTS, 'float_constants')):
+    if name in names:
+      packed = getattr(state, field)
+      packed = packed.get_value() if hasattr(packed, 'get_value') else packed
+      return packed[..., names.index(name)]
+  raise AttributeError(name)
+
+
+def _stats(**values: jax.Array) -> jax.Array:
+  """The ``stats`` array of :data:`STATS` ``values``."""
+  assert set(values) == set(STATS), sorted(values)
+  return jnp.stack([jnp.asarray(values[n], jnp.float32) for n in STATS])
 
 
 def _unwrap(tree: Any) -> Any:
@@ -836,15 +854,19 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients):
   phase = jnp.where(switch, DECAY, state.phase)
   lr = _lr(cfg, t, phase, switch_step, restart_lr, incoherent)
   updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
+  stats = _stats(positives=positives, argmin=argmin,
+                 loss_ema=guard.loss_ema, ema_min=guard.ema_min,
+                 spike_lr=spike.spike_lr, last_loss=spike.last_loss,
+                 diff_ema=spike.diff_ema,
+                 coherence_sum=coherence.coherence_sum,
+                 coherence_count=coherence.coherence_count)
   return updates, state._replace(
       count=optax.safe_int32_increment(t), phase=phase, lr=lr,
-      positives=positives, probability=probability, argmin=argmin,
-      switch_step=switch_step, restart_lr=restart_lr,
+      probability=probability, switch_step=switch_step,
+      restart_lr=restart_lr,
       switch_reason=jnp.where(switch, reason, state.switch_reason),
-      loss_ema=guard.loss_ema, ema_min=guard.ema_min,
-      spike_lr=spike.spike_lr, last_loss=spike.last_loss,
-      diff_ema=spike.diff_ema, window=window, gp_adam=gp_adam,
-      **coherence._asdict())
+      stats=stats, window=window, grad_sample=coherence.grad_sample,
+      gp_adam=gp_adam)
 
 
 # --------------------------------------------------------------------------
@@ -1097,18 +1119,18 @@ def autowu(
     i32 = lambda v: jnp.asarray(v, jnp.int32)
     constants = _state_constants(cfg)
     return AutoWUState(
-        count=i32(0), phase=i32(WARMUP), lr=f32(cfg.min_lr), positives=i32(0),
-        probability=f32(0.0), argmin=f32(0.0), switch_step=i32(-1),
-        restart_lr=f32(0.0), switch_reason=i32(NOT_SWITCHED),
-        loss_ema=f32(0.0), ema_min=f32(jnp.inf), spike_lr=f32(jnp.inf),
-        last_loss=f32(0.0), diff_ema=f32(0.0),
+        count=i32(0), phase=i32(WARMUP), lr=f32(cfg.min_lr),
+        probability=f32(0.0), switch_step=i32(-1), restart_lr=f32(0.0),
+        switch_reason=i32(NOT_SWITCHED),
+        stats=_stats(positives=0.0, argmin=0.0, loss_ema=0.0,
+                     ema_min=jnp.inf, spike_lr=jnp.inf, last_loss=0.0,
+                     diff_ema=0.0, coherence_sum=0.0, coherence_count=0.0),
         window=window_lib.window_init(cfg.window_size),
         int_constants=i32([constants[n] for n in INT_CONSTANTS]),
         float_constants=f32([constants[n] for n in FLOAT_CONSTANTS]),
         grad_sample=None if params is None else jnp.zeros(  # Uncommitted.
             (sum(_sample_plan(jnp.shape(p)).size
                  for p in jax.tree.leaves(params)),), jnp.float32),
-        coherence_sum=f32(0.0), coherence_count=i32(0),
         gp_adam=gp.adam_fit_init() if cfg.gp_fit == 'adam' else None)
 
   def update_fn(updates, state, params=None, *, value=None, gradients=None,

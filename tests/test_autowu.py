@@ -288,7 +288,7 @@ def test_nnx_optimizer_update_with_value():
   losses = [float(train_step(model, optimizer)) for _ in range(30)]
   assert all(math.isfinite(l) for l in losses)
   assert float(oa.get_lr(optimizer.opt_state)) > MIN_LR
-  assert int(optimizer.step.value) == 30
+  assert int(optimizer.step[...]) == 30
 
 
 def test_helpers_find_state_in_nested_chains():
@@ -346,34 +346,36 @@ def test_convenience_chains_train_a_small_model(make):
   assert float(oa.get_lr(optimizer.opt_state)) == 0.0
 
 
-SCALAR_FIELDS = ('count', 'phase', 'lr', 'positives', 'probability', 'argmin',
-                 'switch_step', 'restart_lr', 'switch_reason', 'loss_ema',
-                 'ema_min', 'spike_lr', 'last_loss', 'diff_ema',
-                 'total_steps', 'warmup_steps', 'lengthscale',
-                 'noise_floor', 'grid_size', 'min_descent', 'valley_level',
-                 'knee_slope', 'log_lr_range', 'minimum_after',
-                 'gp_fit_steps', 'coherence_sum', 'coherence_count')
+FIELDS = ('count', 'phase', 'lr', 'probability', 'switch_step', 'restart_lr',
+          'switch_reason')
+SCALAR_FIELDS = (FIELDS + oa.STATS + oa.INT_CONSTANTS + oa.FLOAT_CONSTANTS)
 
 
 def test_state_is_flat_named_scalars_and_the_window():
   tx = oa.autowu(200, 10, window_size=16)
   state = tx.init({'w': jnp.zeros(2)})
-  assert state._fields == (SCALAR_FIELDS[:14] + ('window', 'int_constants',
-                                                 'float_constants',
-                                                 'grad_sample')
-                           + SCALAR_FIELDS[25:] + ('gp_adam',))
-  # The constants are packed (properties read them); the gradient sample is
-  # one strided float32 vector: 23 leaves, however many the params have.
-  assert oa.INT_CONSTANTS + oa.FLOAT_CONSTANTS == tuple(
-      sorted(SCALAR_FIELDS[14:25], key=(oa.INT_CONSTANTS
-                                        + oa.FLOAT_CONSTANTS).index))
+  assert state._fields == FIELDS + ('stats', 'window', 'int_constants',
+                                    'float_constants', 'grad_sample',
+                                    'gp_adam')
+  assert oa.STATS == ('positives', 'argmin', 'loss_ema', 'ema_min',
+                      'spike_lr', 'last_loss', 'diff_ema', 'coherence_sum',
+                      'coherence_count')
+  assert oa.INT_CONSTANTS + oa.FLOAT_CONSTANTS == (
+      'total_steps', 'warmup_steps', 'grid_size', 'gp_fit_steps',
+      'lengthscale', 'noise_floor', 'min_descent', 'valley_level',
+      'knee_slope', 'log_lr_range', 'minimum_after')
+  # The running values and the constants are packed (properties read them);
+  # the gradient sample is one strided float32 vector: 15 leaves, however
+  # many the params have.
+  assert state.stats.shape == (len(oa.STATS),)
   assert state.grad_sample.shape == (2,)
-  assert len(jax.tree.leaves(state)) == 23
+  assert len(jax.tree.leaves(state)) == 15
   many = tx.init({f'w{i}': jnp.zeros((3, i + 1)) for i in range(40)})
-  assert len(jax.tree.leaves(many)) == 23
+  assert len(jax.tree.leaves(many)) == 15
   assert many.grad_sample.shape == (sum(3 * (i + 1) for i in range(40)),)
   for name in SCALAR_FIELDS:
     assert getattr(state, name).shape == (), name
+  assert float(state.ema_min) == float(state.spike_lr) == math.inf
   assert state.window.sums.shape == (2, 16)
   # optax's own tree helpers see the named fields.
   assert float(optax.tree_utils.tree_get(state, 'lr')) == pytest.approx(MIN_LR)
