@@ -244,14 +244,15 @@ def _to_numpy(tree: Any) -> Any:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def _packed(state: AutoWUState, name: str) -> Any:
-  """One packed value of ``state`` (see :class:`AutoWUState`): its entry of
-  ``stats``, ``int_constants`` or ``float_constants`` (stacked states: along
-  the last axis)."""
+def _packed(state: AutoWUState | Mapping[str, Any], name: str) -> Any:
+  """One packed value of ``state`` (see :class:`AutoWUState`; or its dict
+  form): its entry of ``stats``, ``int_constants`` or ``float_constants``
+  (stacked states: along the last axis)."""
   for names, field in ((STATS, 'stats'), (INT_CONSTANTS, 'int_constants'),
                        (FLOAT_CONSTANTS, 'float_constants')):
     if name in names:
-      packed = getattr(state, field)
+      packed = (state[field] if isinstance(state, Mapping)
+                else getattr(state, field))
       packed = packed.get_value() if hasattr(packed, 'get_value') else packed
       return packed[..., names.index(name)]
   raise AttributeError(name)
@@ -1364,12 +1365,13 @@ def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
 
 def _warn_if_other_config(cfg: _Config, state: AutoWUState) -> None:
   """Eager updates: warn when the state was made by another ``autowu``."""
-  leaves = [getattr(state, n) for n in _CONFIG_FIELDS]
-  if any(isinstance(x, jax.core.Tracer) or np.ndim(x) for x in leaves):
+  packed = _unwrap((state.int_constants, state.float_constants))
+  if any(isinstance(x, jax.core.Tracer) or np.ndim(x) != 1 for x in packed):
     return  # Under jit (or a stacked state): see check_restored.
+  values = np.concatenate([np.asarray(x, np.float64) for x in packed])
   diffs = _config_mismatch(
       _state_constants(cfg),
-      {n: np.asarray(getattr(state, n)) for n in _CONFIG_FIELDS})
+      dict(zip(INT_CONSTANTS + FLOAT_CONSTANTS, values)))
   if diffs:
     warnings.warn('autowu: the state was made for another configuration ('
                   + '; '.join(diffs) + '); the transformation\'s wins.',
@@ -1702,18 +1704,12 @@ def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
             or all(n in x for n in _CONFIG_FIELDS[:5])))
 
   def value(node, name):
-    get = lambda v: np.asarray(v.get_value() if hasattr(v, 'get_value')
-                               else v)  # nnx.Variable
-    if isinstance(node, AutoWUState):
-      return get(getattr(node, name))
-    if 'int_constants' in node:
-      packed, names = ((node['int_constants'], INT_CONSTANTS)
-                       if name in INT_CONSTANTS
-                       else (node['float_constants'], FLOAT_CONSTANTS))
-      return get(packed)[..., names.index(name)]
+    if isinstance(node, AutoWUState) or 'int_constants' in node:
+      return np.asarray(_packed(node, name))
     if name not in node:
       return np.asarray(np.nan)  # A state of an older version.
-    return get(node[name])
+    v = node[name]
+    return np.asarray(v.get_value() if hasattr(v, 'get_value') else v)
 
   found = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]
   return {jax.tree_util.keystr(path): {n: value(node, n)
