@@ -91,7 +91,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "restart3": {"restart_fraction": 3.0},  # The AdamW image cases: the grid's 2-10x.
     "mwf035": {"max_warmup_fraction": 0.35},  # Between the defaults' ramp and mwf05's.
     # The second, linear warmup after a noise-dominated start (the default over 20 % of the
-    # budget since library 7fd431e05e13's successor): over 10 %, and none. Before that library,
+    # budget since library abb8b29c1618): over 10 %, and none. Before that library,
     # rewarm10 / rewarm20 were an experiments-side wrapper that ramped after every switch.
     "rewarm10": {"rewarm_fraction": 0.1},
     "rewarm20": {"rewarm_fraction": 0.2},

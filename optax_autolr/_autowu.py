@@ -97,11 +97,12 @@ STATS = ('positives', 'argmin', 'loss_ema', 'ema_min', 'spike_lr',
 
 
 class AutoWUState(NamedTuple):
-  """State of :func:`autowu`: named scalars, the loss and gradient samples.
+  """State of :func:`autowu`: named scalars, packed values, the loss and
+  gradient samples.
 
   Every field is a fixed-shape array, so the state checkpoints (Orbax) and
-  works with ``optax.tree_utils.tree_get(state, 'lr')``, ``lax.scan`` and
-  sharding like any Optax state.
+  works with ``optax.tree_utils.tree_get(state, 'lr')`` (the named fields),
+  ``lax.scan`` and sharding like any Optax state.
 
   Attributes:
     count: int32, number of updates done so far (the step ``t``).
@@ -155,9 +156,9 @@ class AutoWUState(NamedTuple):
   running values are in one: every state leaf costs a train step a few
   microseconds of buffer handling (more through ``nnx.split`` /
   ``nnx.merge``), and on a small model those add up (measured with
-  ``python -m experiments.bench``: 32 leaves -> 23 took an MLP step at batch
-  1024 on CPU from 1.026x to 1.021x LAMB's). Each is a read-only property of
-  the state:
+  ``python -m experiments.bench``: 32 leaves -> 23 -> 15 took an MLP step at
+  batch 1024 on CPU from 1.026x to 1.021x to 1.010x LAMB's). Each is a
+  read-only property of the state:
 
   * ``total_steps`` (int32), the ``total_steps`` it was built for;
   * ``warmup_steps`` (int32), its maximal warmup :math:`T_w`;
