@@ -368,6 +368,7 @@ def test_state_is_flat_named_scalars_and_the_window():
   # the gradient sample is one strided float32 vector: 15 leaves, however
   # many the params have.
   assert state.stats.shape == (len(oa.STATS),)
+  assert state.stats.dtype == jnp.float32
   assert state.grad_sample.shape == (2,)
   assert len(jax.tree.leaves(state)) == 15
   many = tx.init({f'w{i}': jnp.zeros((3, i + 1)) for i in range(40)})
@@ -516,16 +517,18 @@ def test_coherence_rule_restarts_from_the_largest_lr_tested_after_a_noisy_start(
   assert int(plain.coherence_count) == 0
 
 
-def _coherence_lrs(tx, gradients, num_steps=T):
-  """The LR of every step of :func:`_coherence_run`, and its final state."""
+def _coherence_lrs(tx, gradients, num_steps=T,
+                   curve=lambda t: 1.0 + ((t - 300.0) / 200.0)**2):
+  """The LR of every step of :func:`_coherence_run` (``gradients=None``: no
+  ``gradients=``), and its final state."""
   params = {'w': jnp.zeros((3, 50)), 'b': jnp.zeros(7)}
-  curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
 
   @jax.jit
   def run():
     def step(state, t):
+      extra = {} if gradients is None else {'gradients': gradients(t)}
       _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
-                           value=curve(t), gradients=gradients(t))
+                           value=curve(t), **extra)
       return state, state.lr
 
     return jax.lax.scan(step, tx.init(params), jnp.arange(num_steps))
@@ -562,11 +565,36 @@ def test_second_warmup_follows_a_noisy_start_only(fraction):
 def test_second_warmup_is_the_default_and_not_the_authors():
   assert oa.DEFAULTS['rewarm_fraction'] == 0.2
   assert oa.AUTHORS['rewarm_fraction'] == 0.0
-  # No gradients given: no coherence measured, no second warmup.
-  plain = _coherence_run(oa.autowu(T, SPE), None)
-  _, (lrs, _) = _lr_trajectory(oa.autowu(T, SPE, rewarm_fraction=0.0), T,
-                               lambda t: 1.0 + ((t - 300.0) / 200.0)**2)
-  assert float(plain.lr) == float(lrs[T - 1]) > 0.0
+  ramped, state = _coherence_lrs(oa.autowu(T, SPE), _noise)
+  switch = int(state.switch_step)
+  assert ramped[switch] == pytest.approx(float(state.restart_lr) / (T // 5))
+  # No gradients given, or the coherence rule off: no second warmup.
+  flat, _ = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=0.0), None)
+  plain, plain_state = _coherence_lrs(oa.autowu(T, SPE), None)
+  off, _ = _coherence_lrs(oa.autowu(T, SPE, coherence_threshold=-1.0), _noise)
+  assert int(plain_state.switch_step) == switch
+  np.testing.assert_array_equal(plain, flat)
+  np.testing.assert_array_equal(off, flat)
+  assert plain[switch] == float(plain_state.restart_lr)
+  # A ramp shorter than one step is none.
+  short, _ = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=0.5 / T), _noise)
+  unramped, _ = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=0.0), _noise)
+  np.testing.assert_array_equal(short, unramped)
+
+
+def test_second_warmup_follows_any_switch_after_a_noisy_start():
+  """A warmup that ends at its maximum (the loss never turns up) ramps too."""
+  fraction = 0.1
+  lrs, state = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=fraction),
+                              _noise, curve=lambda t: 2.0 - 1e-4 * t)
+  flat, _ = _coherence_lrs(oa.autowu(T, SPE, rewarm_fraction=0.0), _noise,
+                           curve=lambda t: 2.0 - 1e-4 * t)
+  assert int(state.switch_reason) == oa.MAX_WARMUP
+  switch = int(state.switch_step)
+  k = np.arange(T - switch)
+  np.testing.assert_allclose(
+      lrs[switch:], flat[switch:] * np.minimum((k + 1) / int(fraction * T), 1.0),
+      rtol=1e-6)
 
 
 def test_coherence_of_sampled_leaves_estimates_the_whole_cosine():

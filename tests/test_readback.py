@@ -62,6 +62,8 @@ def test_metrics_for_logging():
   assert m['phase'] == 'decay'
   assert m['switch_reason'] == 'confident minimum'
   assert m['step'] == 400 and isinstance(m['step'], int)
+  # The positive tests that ended warmup (patience), frozen at the switch.
+  assert m['positives'] == 3 and isinstance(m['positives'], int)
   assert m['restart_lr'] == pytest.approx(float(state.restart_lr))
   assert set(m) == {'step', 'lr', 'phase', 'probability', 'positives',
                     'switch_step', 'restart_lr', 'switch_reason',
