@@ -463,11 +463,12 @@ def test_bad_rule_arguments(kwargs, match):
     oa.autowu(1000, 10, **kwargs)
 
 
-def _coherence_run(tx, gradients, num_steps=T, params=None):
+def _coherence_lrs(tx, gradients, num_steps=T, params=None,
+                   curve=lambda t: 1.0 + ((t - 300.0) / 200.0)**2):
   """``tx`` on a U-shaped loss over the warmup, handed ``gradients(t)``
-  (None: no ``gradients=``), under jit."""
+  (None: no ``gradients=``), under jit: the LR of every step and the final
+  state."""
   params = {'w': jnp.zeros((3, 50)), 'b': jnp.zeros(7)} if params is None else params
-  curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
 
   @jax.jit
   def run():
@@ -475,11 +476,17 @@ def _coherence_run(tx, gradients, num_steps=T, params=None):
       extra = {} if gradients is None else {'gradients': gradients(t)}
       _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
                            value=curve(t), **extra)
-      return state, None
+      return state, state.lr
 
-    return jax.lax.scan(step, tx.init(params), jnp.arange(num_steps))[0]
+    return jax.lax.scan(step, tx.init(params), jnp.arange(num_steps))
 
-  return run()
+  state, lrs = run()
+  return np.asarray(lrs), state
+
+
+def _coherence_run(tx, gradients, num_steps=T, params=None):
+  """The final state of :func:`_coherence_lrs`."""
+  return _coherence_lrs(tx, gradients, num_steps, params)[1]
 
 
 def _noise(t):
@@ -515,26 +522,6 @@ def test_coherence_rule_restarts_from_the_largest_lr_tested_after_a_noisy_start(
   assert abs(float(noisy.coherence_sum) / int(noisy.coherence_count)) < 0.2
   assert float(coherent.coherence_sum) / int(coherent.coherence_count) > 0.95
   assert int(plain.coherence_count) == 0
-
-
-def _coherence_lrs(tx, gradients, num_steps=T,
-                   curve=lambda t: 1.0 + ((t - 300.0) / 200.0)**2):
-  """The LR of every step of :func:`_coherence_run` (``gradients=None``: no
-  ``gradients=``), and its final state."""
-  params = {'w': jnp.zeros((3, 50)), 'b': jnp.zeros(7)}
-
-  @jax.jit
-  def run():
-    def step(state, t):
-      extra = {} if gradients is None else {'gradients': gradients(t)}
-      _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
-                           value=curve(t), **extra)
-      return state, state.lr
-
-    return jax.lax.scan(step, tx.init(params), jnp.arange(num_steps))
-
-  state, lrs = run()
-  return np.asarray(lrs), state
 
 
 @pytest.mark.parametrize('fraction', [0.1, 0.2])
