@@ -113,7 +113,7 @@ def bench_update(libs, rounds, steps):
   runners = {}
   for name, lib in libs.items():
     tx = _autowu(lib)
-    step = jax.jit(lambda u, s, tx=tx: tx.update(u, s, value=jnp.float32(1.0)),
+    step = jax.jit(lambda u, s, tx=tx: tx.update(u, s, u, value=jnp.float32(1.0)),
                    donate_argnums=1)
     state = tx.init(params)
     _, state = step(params, state)  # Compile.

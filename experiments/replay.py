@@ -33,7 +33,7 @@ def _scan(total_steps: int, steps_per_epoch: int, kwargs: tuple) -> Any:
   tx = optax_autolr.autowu(total_steps, steps_per_epoch, **dict(kwargs))
 
   def step(state, loss):
-    _, state = tx.update(jnp.zeros(()), state, value=loss)
+    _, state = tx.update(jnp.zeros(()), state, jnp.zeros(()), value=loss)
     return state, (state.phase, state.lr)
 
   return jax.jit(lambda losses: jax.lax.scan(step, tx.init(jnp.zeros(())), losses))

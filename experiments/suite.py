@@ -96,6 +96,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rewarm10": {"rewarm_fraction": 0.1},
     "rewarm20": {"rewarm_fraction": 0.2},
     "norewarm": {"rewarm_fraction": 0.0},
+    # The params rolled back at the switch to where the warmup's LR was the restart's (the
+    # default since library 3de296bac13c); with a halved restart; and none. On library
+    # 37f37e9c000d, rollback / rollback05 / rollback2 were an experiments-side wrapper around
+    # the chain that kept the params at every 2^(1/4) of LR (the last 12; rollback2: at every
+    # doubling, the last 2) and went back to the newest one at most the restart LR.
+    "rollback": {"rollback": True},
+    "rollback05": {"rollback": True, "restart_fraction": 0.5},
+    "rollback2": {"rollback": True},
+    "norollback": {"rollback": False},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]

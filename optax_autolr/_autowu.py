@@ -3,9 +3,9 @@
 One update reads, in order: push the loss into the window (:func:`_push`),
 run the divergence guard (:func:`_guard`), run the minimum test on test steps
 (:func:`_maybe_test`), decide whether warmup ends and why (:func:`_decide`),
-pick the restart LR (:func:`_restart_lr`) and apply the LR of the step
-(:func:`_lr`). The stages are module-level functions of a static
-:class:`_Config`; :func:`minimum_test` and :func:`default_test_every` are the
+pick the restart LR (:func:`_restart_lr`), keep or restore the params
+snapshot (:func:`_rollback`) and apply the LR of the step (:func:`_lr`). The
+stages are module-level functions of a static :class:`_Config`; :func:`minimum_test` and :func:`default_test_every` are the
 single definitions that the plots and the benchmarks share.
 """
 
@@ -65,12 +65,12 @@ DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, decay='linear',
                 min_descent=4.0, valley_level=0.05, restart_fraction=1.0,
                 spike_factor=1.3, knee_slope=0.3, knee_ratio=2.0,
                 minimum_after=3.0, coherence_threshold=0.3,
-                rewarm_fraction=0.2, gp_fit='max_likelihood')
+                rewarm_fraction=0.2, rollback=True, gp_fit='max_likelihood')
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
                min_descent=0.0, valley_level=0.0, restart_fraction=1.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
                minimum_after=1.0, coherence_threshold=-1.0,
-               rewarm_fraction=0.0, gp_fit='adam')
+               rewarm_fraction=0.0, rollback=False, gp_fit='adam')
 # The knee rule: warmup ends once the LR is ``knee_ratio`` x the knee's (the
 # last LR before the minimum where the log loss still fell by ``knee_slope``
 # per decade of LR), if the log loss had fallen by 0.1 before the knee.
@@ -83,6 +83,17 @@ _SPIKE_NOISE_SCALES = 4.0
 # each gradient leaf sampled at this many evenly strided entries at most.
 _COHERENCE_FRACTION = 0.1
 _COHERENCE_SAMPLE = 4096
+# The rollback's snapshot follows the params while the LR is at most this
+# many times the last test's restart LR: while the loss still falls, that
+# trails the LR reached (by the valley's half-width and the LR's growth since
+# the test's newest loss; 1.19x per test at the default test spacing).
+_SNAPSHOT_MARGIN = 1.25
+# No rollback past this LR ratio: the rule's own excursion past the restart
+# LR is about ``knee_ratio`` (2) x the valley's half-width; a warmup that went
+# on much longer kept learning at the larger LRs (measured on the closed-loop
+# toy at 100 epochs: a rollback over 6.6x of LR, 7 % of the budget, ended at
+# 2-4x the loss).
+_MAX_ROLLBACK_RATIO = 4.0
 # How the GP's hyperparameters are set at each test (``gp_fit``).
 _GP_FITS = ('max_likelihood', 'adam')
 
@@ -92,7 +103,8 @@ FLOAT_CONSTANTS = ('lengthscale', 'noise_floor', 'min_descent', 'valley_level',
                    'knee_slope', 'log_lr_range', 'minimum_after')
 """The constants in :attr:`AutoWUState.float_constants`, in order."""
 STATS = ('positives', 'argmin', 'loss_ema', 'ema_min', 'spike_lr',
-         'last_loss', 'diff_ema', 'coherence_sum', 'coherence_count')
+         'last_loss', 'diff_ema', 'coherence_sum', 'coherence_count',
+         'restart_estimate', 'snapshot_step')
 """The running values in :attr:`AutoWUState.stats`, in order."""
 
 
@@ -114,7 +126,7 @@ class AutoWUState(NamedTuple):
       it starts from, or, after a second warmup (``rewarm_fraction``), the
       one that warmup ramps up to.
     switch_reason: int32, one of the keys of ``SWITCH_REASONS``.
-    stats: float32 ``[9]``, the decision rule's running values
+    stats: float32 ``[11]``, the decision rule's running values
       (:data:`STATS`), read as the properties below.
     window: the :class:`~optax_autolr.window.LossWindow` of warmup losses;
       frozen at the switch.
@@ -128,6 +140,8 @@ class AutoWUState(NamedTuple):
       the leaves concatenated in tree order, all divided by the largest
       absolute entry; zeros if none was given or the coherence rule is off
       (``None`` for ``init(None)``).
+    snapshot: the params at step ``snapshot_step`` (``rollback``), in their
+      own dtypes; ``None`` for ``init(None)`` or ``rollback=False``.
     gp_adam: the :class:`~optax_autolr.gp.AdamFit` (GP hyperparameters and
       their Adam state) of the last test under ``gp_fit='adam'``; ``None``
       (no leaves) under ``'max_likelihood'``, which fits afresh each test.
@@ -148,7 +162,14 @@ class AutoWUState(NamedTuple):
     warmup losses (not bias corrected), the spike test's noise scale;
   * ``coherence_sum``, the sum of the cosines of successive sampled
     gradients over the first tenth of the maximal warmup, and
-    ``coherence_count``, their number.
+    ``coherence_count``, their number;
+  * ``restart_estimate``, the restart LR the last test would give
+    (``inf`` before the first test);
+  * ``snapshot_step``, the step whose params ``snapshot`` holds (the last
+    test step whose LR was at most 1.25 x ``restart_estimate``; -1 if
+    none);
+    after the switch, the step the params were rolled back to, -1 if they
+    were not.
 
   The constants of the transformation are kept so that
   :func:`loss_curve_posterior` reproduces a decision (its probability and
@@ -190,6 +211,7 @@ class AutoWUState(NamedTuple):
   int_constants: jax.Array
   float_constants: jax.Array
   grad_sample: jax.Array | None
+  snapshot: Any
   gp_adam: gp.AdamFit | None
 
   positives = property(lambda self: _packed(self, 'positives'))
@@ -201,6 +223,8 @@ class AutoWUState(NamedTuple):
   diff_ema = property(lambda self: _packed(self, 'diff_ema'))
   coherence_sum = property(lambda self: _packed(self, 'coherence_sum'))
   coherence_count = property(lambda self: _packed(self, 'coherence_count'))
+  restart_estimate = property(lambda self: _packed(self, 'restart_estimate'))
+  snapshot_step = property(lambda self: _packed(self, 'snapshot_step'))
 
   total_steps = property(lambda self: _packed(self, 'total_steps'))
   warmup_steps = property(lambda self: _packed(self, 'warmup_steps'))
@@ -302,6 +326,7 @@ class _Config(NamedTuple):
   coherence_threshold: float
   coherence_steps: int
   rewarm_steps: int
+  rollback: bool
   gp_fit: str
 
 
@@ -830,8 +855,58 @@ def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
                    restart)
 
 
+class _Rollback(NamedTuple):
+  snapshot: Any
+  snapshot_step: jax.Array
+  restart_estimate: jax.Array
+  back: jax.Array  # This update returns the params to the snapshot.
+
+
+def _rollback(cfg: _Config, state: AutoWUState, t, params, is_test, tested,
+              estimate, switch, restart) -> _Rollback:
+  """The params snapshot: kept along the warmup, restored at the switch.
+
+  At each test step (``is_test``) the snapshot takes the params if the step's
+  LR is at most ``_SNAPSHOT_MARGIN`` x the restart LR the test would give
+  (``estimate``, updated at the tests ``tested``); copying at the tests only
+  keeps the params' copy off the other steps. A switch whose restart LR is below
+  the LR of the last update (the warmup went past it), by at most
+  ``_MAX_ROLLBACK_RATIO`` x the snapshot's, returns the params to it. Without a snapshot (``rollback``
+  off, ``init(None)``) nothing is kept.
+  """
+  estimate = jnp.where(tested, estimate, state.restart_estimate)
+  if state.snapshot is None:
+    return _Rollback(None, state.snapshot_step, estimate, jnp.zeros((), bool))
+  take = (is_test & ~switch
+          & (_warmup_lr(cfg, t) <= _SNAPSHOT_MARGIN * estimate))
+  snapshot = jax.lax.cond(
+      take, lambda: jax.tree.map(lambda p, s: p.astype(s.dtype), params,
+                                 state.snapshot),
+      lambda: state.snapshot)
+  reached = _warmup_lr(cfg, jnp.maximum(t - 1, 0))  # The last update's.
+  back = (switch & (state.snapshot_step >= 0) & (restart < reached)
+          & (reached <= _MAX_ROLLBACK_RATIO
+             * _warmup_lr(cfg, state.snapshot_step)))
+  step = jnp.where(take, t, jnp.where(switch & ~back, -1,
+                                      state.snapshot_step))
+  return _Rollback(snapshot, step, estimate, back)
+
+
+def _scaled(updates, lr, rollback: _Rollback, params):
+  """The updates times ``lr``, or the step back to the snapshot."""
+  updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
+  if rollback.snapshot is None:
+    return updates
+  return jax.lax.cond(
+      rollback.back,
+      lambda u: jax.tree.map(lambda s, p, u: (s - p).astype(u.dtype),
+                             rollback.snapshot, params, u),
+      lambda u: u, updates)
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients):
+def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients,
+            params):
   """One AutoWU update (jitted: one dispatch per eager call)."""
   t = state.count
   coherence = _coherence(cfg, state, gradients)
@@ -847,31 +922,38 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients):
   # +4.8 ms instead of +0.8 ms per MLP test step).
   updates, window, t_data = jax.lax.optimization_barrier(
       (updates, window, t_data))
-  probability, argmin, knee, gp_adam = _maybe_test(
-      cfg, is_test | guard.diverged | guard.non_finite, window, t_data, state)
+  tested = is_test | guard.diverged | guard.non_finite
+  probability, argmin, knee, gp_adam = _maybe_test(cfg, tested, window,
+                                                   t_data, state)
   positives, reason = _decide(cfg, state, is_test, probability, knee, guard)
   switch = reason != NOT_SWITCHED
   incoherent = _incoherent_start(cfg, coherence)
   restart = _restart_lr(cfg, reason, t, t_data, argmin, guard.non_finite,
                         spike.spike_lr, incoherent)
+  rollback = _rollback(
+      cfg, state, t, params, is_test, tested,
+      _restart_lr(cfg, CONFIDENT_MINIMUM, t, t_data, argmin, guard.non_finite,
+                  spike.spike_lr, incoherent), switch, restart)
   switch_step = jnp.where(switch, t, state.switch_step)
   restart_lr = jnp.where(switch, restart, state.restart_lr)
   phase = jnp.where(switch, DECAY, state.phase)
   lr = _lr(cfg, t, phase, switch_step, restart_lr, incoherent)
-  updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
+  updates = _scaled(updates, lr, rollback, params)
   stats = _stats(positives=positives, argmin=argmin,
                  loss_ema=guard.loss_ema, ema_min=guard.ema_min,
                  spike_lr=spike.spike_lr, last_loss=spike.last_loss,
                  diff_ema=spike.diff_ema,
                  coherence_sum=coherence.coherence_sum,
-                 coherence_count=coherence.coherence_count)
+                 coherence_count=coherence.coherence_count,
+                 restart_estimate=rollback.restart_estimate,
+                 snapshot_step=rollback.snapshot_step)
   return updates, state._replace(
       count=optax.safe_int32_increment(t), phase=phase, lr=lr,
       probability=probability, switch_step=switch_step,
       restart_lr=restart_lr,
       switch_reason=jnp.where(switch, reason, state.switch_reason),
       stats=stats, window=window, grad_sample=coherence.grad_sample,
-      gp_adam=gp_adam)
+      snapshot=rollback.snapshot, gp_adam=gp_adam)
 
 
 # --------------------------------------------------------------------------
@@ -905,6 +987,7 @@ def autowu(
     minimum_after: float | None = None,
     coherence_threshold: float | None = None,
     rewarm_fraction: float | None = None,
+    rollback: bool | None = None,
     gp_fit: Literal['max_likelihood', 'adam'] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Automated learning-rate warmup and decay driven by the training loss.
@@ -970,8 +1053,12 @@ def autowu(
   below the grid instead of 0.58), and the decay after it begins with a
   second, linear warmup over a fifth of the budget (``rewarm_fraction``; on
   the three AdamW image cases of the suite the mean gap to the grid goes
-  from -0.26 to -0.10 pp, see the README). For a model whose best LR is below ~3e-3,
-  pass a smaller ``min_lr``.
+  from -0.26 to -0.10 pp, see the README). At a switch below the LR the
+  warmup reached, the params go back to where the warmup's LR was that of
+  the restart (``rollback``): the decay starts from weights the larger LRs
+  never touched (the optimizer's moments stay; the steps since are lost to
+  the budget). This keeps a copy of the params in the state. For a model
+  whose best LR is below ~3e-3, pass a smaller ``min_lr``.
 
   **Short budgets.** Testing once an epoch, as the authors do, lets the LR grow
   by x30 or more between the true minimum and the switch when the budget is
@@ -1070,6 +1157,19 @@ def autowu(
       ``coherence_threshold=-1``. ``state.lr`` (:func:`get_lr`) is the
       ramped LR; ``restart_lr`` the decay's peak. ``None``:
       ``DEFAULTS['rewarm_fraction']``.
+    rollback: whether to undo the warmup's excursion past the restart LR: the
+      state keeps a copy of the params (``snapshot``, in their dtypes), the
+      params of the last test step whose LR was at most 1.25 x the restart
+      LR of that test; a switch whose restart LR is below the LR
+      of the last update (a confident minimum, the knee, the guard; not the
+      end of the maximal warmup, nor the largest LR tested after a noisy
+      start), if that LR is at most 4x the snapshot's (a longer warmup kept
+      learning at the larger LRs), makes that update ``snapshot - params``, so the chain must
+      apply it (``optax.apply_updates``) and ``autowu`` must be the last
+      transformation. Needs ``params`` at every update (a ``ValueError``
+      without them) unless built with ``init(None)``. The optimizer's own
+      state (moments) is not rolled back. ``None``: ``DEFAULTS['rollback']``
+      (``True``; the authors' rule: ``False``).
     gp_fit: how each test sets the GP's signal and noise variance:
       ``'max_likelihood'`` maximizes the marginal likelihood of the
       standardized losses at every test; ``'adam'`` is the authors' fit
@@ -1086,7 +1186,7 @@ def autowu(
   ``divergence_factor=None``), where they take the paper's values
   (``optax_autolr.AUTHORS``: ``min_lr=1e-5``, ``max_warmup_fraction=0.5``,
   cosine decay, restart at the minimum, no gate, no spike cap, no knee, no
-  coherence rule and no second warmup, the authors' GP fit). Any of them
+  coherence rule, no second warmup and no rollback, the authors' GP fit). Any of them
   given explicitly is used as given.
 
   Returns:
@@ -1131,18 +1231,21 @@ def autowu(
         switch_reason=i32(NOT_SWITCHED),
         stats=_stats(positives=0.0, argmin=0.0, loss_ema=0.0,
                      ema_min=jnp.inf, spike_lr=jnp.inf, last_loss=0.0,
-                     diff_ema=0.0, coherence_sum=0.0, coherence_count=0.0),
+                     diff_ema=0.0, coherence_sum=0.0, coherence_count=0.0,
+                     restart_estimate=jnp.inf, snapshot_step=-1.0),
         window=window_lib.window_init(cfg.window_size),
         int_constants=i32([constants[n] for n in INT_CONSTANTS]),
         float_constants=f32([constants[n] for n in FLOAT_CONSTANTS]),
         grad_sample=None if params is None else jnp.zeros(  # Uncommitted.
             (sum(_sample_plan(jnp.shape(p)).size
                  for p in jax.tree.leaves(params)),), jnp.float32),
+        snapshot=(optax.tree_utils.tree_zeros_like(params)
+                  if cfg.rollback and params is not None else None),
         gp_adam=gp.adam_fit_init() if cfg.gp_fit == 'adam' else None)
 
   def update_fn(updates, state, params=None, *, value=None, gradients=None,
                 **extra_args):
-    del params, extra_args
+    del extra_args
     if value is None:
       raise ValueError(
           'autowu needs the training loss at every update: call '
@@ -1153,10 +1256,18 @@ def autowu(
       raise ValueError(
           '`value` must be the scalar training loss (the global mean in '
           f'data-parallel training), got shape {loss.shape}.')
+    if state.snapshot is None:
+      params = None  # Not needed.
+    elif params is None:
+      raise ValueError(
+          'autowu(rollback=True) needs the params at every update: call '
+          '`tx.update(updates, state, params, value=loss)` (nnx.Optimizer '
+          'passes them), or build it with `rollback=False`.')
     _warn_if_other_config(cfg, state)
     if gradients is not None:
       _check_gradients(gradients, updates, state.grad_sample)
-    return _update(cfg, updates, state, loss.astype(jnp.float32), gradients)
+    return _update(cfg, updates, state, loss.astype(jnp.float32), gradients,
+                   params)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -1298,7 +1409,8 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                  window_size, grid_size, lengthscale, noise_floor,
                  min_descent, valley_level, restart_fraction,
                  spike_factor, knee_slope, knee_ratio, minimum_after,
-                 coherence_threshold, rewarm_fraction, gp_fit) -> _Config:
+                 coherence_threshold, rewarm_fraction, rollback,
+                 gp_fit) -> _Config:
   """Validates the arguments of :func:`autowu` and derives its constants.
 
   Arguments left to None take the library's default (:data:`DEFAULTS`), or
@@ -1315,7 +1427,8 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                knee_slope=knee_slope, knee_ratio=knee_ratio,
                minimum_after=minimum_after,
                coherence_threshold=coherence_threshold,
-               rewarm_fraction=rewarm_fraction, gp_fit=gp_fit)
+               rewarm_fraction=rewarm_fraction, rollback=rollback,
+               gp_fit=gp_fit)
   r = {k: preset[k] if v is None else v for k, v in given.items()}
   rule = _check_rule_args(r['min_descent'], r['valley_level'],
                           r['restart_fraction'], r['spike_factor'],
@@ -1332,6 +1445,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   rewarm_steps = int(math.floor(rule.pop('rewarm_fraction') * total_steps))
   return _Config(total_steps=total_steps, **sched, **test, **rule,
                  coherence_steps=coherence_steps, rewarm_steps=rewarm_steps,
+                 rollback=_checks.check_bool('rollback', r['rollback']),
                  **_check_gp_args(window_size, grid_size, lengthscale,
                                   noise_floor, r['gp_fit']))
 
@@ -1638,9 +1752,11 @@ def get_metrics(state: Any, path: str | None = None) -> dict[str, Any]:
   Returns:
     A dict with ``step``, ``lr``, ``phase`` (``'warmup'``/``'decay'``),
     ``probability``, ``positives``, ``switch_step``, ``restart_lr``,
-    ``switch_reason`` (text, from ``SWITCH_REASONS``) and
+    ``switch_reason`` (text, from ``SWITCH_REASONS``),
     ``gradient_coherence`` (the mean cosine of successive gradients at the
-    start of the warmup, NaN before any or without ``gradients=``).
+    start of the warmup, NaN before any or without ``gradients=``) and
+    ``snapshot_step`` (the step whose params the rollback's snapshot holds;
+    after the switch, the step the params went back to; -1 for none).
 
   Example:
     >>> import jax.numpy as jnp
@@ -1668,6 +1784,7 @@ def get_metrics(state: Any, path: str | None = None) -> dict[str, Any]:
       'switch_reason': SWITCH_REASONS[int(s.switch_reason)],
       'gradient_coherence': (float(s.coherence_sum) / int(s.coherence_count)
                              if int(s.coherence_count) else math.nan),
+      'snapshot_step': int(s.snapshot_step),
   }
 
 

@@ -32,7 +32,7 @@ def _u_curve_run(tx, num_steps):
       lr = jnp.where(state.count == 0, 1e-5, state.lr)
       loss = 1.0 + 0.5 * (jnp.log10(lr) - log10_opt)**2
       loss = loss + noise * jax.random.normal(key)
-      _, state = tx.update({'w': jnp.ones(3)}, state, value=loss)
+      _, state = tx.update({'w': jnp.ones(3)}, state, params, value=loss)
       return state, state.lr
 
     return jax.lax.scan(step, state, jax.random.split(key, num_steps))
@@ -222,7 +222,8 @@ def test_numpy_scalars_are_accepted():
                  test_every=np.int64(5), confidence=np.float64(0.9))
   state = tx.init({'w': jnp.zeros(2)})
   assert int(state.total_steps) == 1000
-  _, state = tx.update({'w': jnp.ones(2)}, state, value=jnp.float32(1.0))
+  _, state = tx.update({'w': jnp.ones(2)}, state, {'w': jnp.zeros(2)},
+                       value=jnp.float32(1.0))
   assert float(state.lr) == pytest.approx(1e-5)
 
 
@@ -307,7 +308,7 @@ def test_helpers_find_state_in_nested_chains():
 def test_updates_keep_dtype():
   tx = oa.autowu(100, 10)
   params = {'a': jnp.ones(3, jnp.bfloat16), 'b': jnp.ones(2, jnp.float32)}
-  updates, _ = jax.jit(tx.update)(params, tx.init(params), value=1.0)
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params, value=1.0)
   assert updates['a'].dtype == jnp.bfloat16
   assert updates['b'].dtype == jnp.float32
   np.testing.assert_allclose(updates['b'], MIN_LR, rtol=1e-6)
@@ -356,33 +357,38 @@ def test_state_is_flat_named_scalars_and_the_window():
   state = tx.init({'w': jnp.zeros(2)})
   assert state._fields == FIELDS + ('stats', 'window', 'int_constants',
                                     'float_constants', 'grad_sample',
-                                    'gp_adam')
+                                    'snapshot', 'gp_adam')
   assert oa.STATS == ('positives', 'argmin', 'loss_ema', 'ema_min',
                       'spike_lr', 'last_loss', 'diff_ema', 'coherence_sum',
-                      'coherence_count')
+                      'coherence_count', 'restart_estimate', 'snapshot_step')
   assert oa.INT_CONSTANTS + oa.FLOAT_CONSTANTS == (
       'total_steps', 'warmup_steps', 'grid_size', 'gp_fit_steps',
       'lengthscale', 'noise_floor', 'min_descent', 'valley_level',
       'knee_slope', 'log_lr_range', 'minimum_after')
   # The running values and the constants are packed (properties read them);
-  # the gradient sample is one strided float32 vector: 15 leaves, however
-  # many the params have.
+  # the gradient sample is one strided float32 vector: 15 leaves, and the
+  # params snapshot's (rollback).
   assert state.stats.shape == (len(oa.STATS),)
   assert state.stats.dtype == jnp.float32
   assert state.grad_sample.shape == (2,)
-  assert len(jax.tree.leaves(state)) == 15
+  assert len(jax.tree.leaves(state)) == 15 + 1
   many = tx.init({f'w{i}': jnp.zeros((3, i + 1)) for i in range(40)})
-  assert len(jax.tree.leaves(many)) == 15
+  assert len(jax.tree.leaves(many)) == 15 + 40
+  no_rollback = oa.autowu(200, 10, window_size=16, rollback=False)
+  assert len(jax.tree.leaves(no_rollback.init(many.snapshot))) == 15
   assert many.grad_sample.shape == (sum(3 * (i + 1) for i in range(40)),)
   for name in SCALAR_FIELDS:
     assert getattr(state, name).shape == (), name
-  assert float(state.ema_min) == float(state.spike_lr) == math.inf
+  assert (float(state.ema_min) == float(state.spike_lr)
+          == float(state.restart_estimate) == math.inf)
+  assert float(state.snapshot_step) == -1.0
   assert state.window.sums.shape == (2, 16)
   # optax's own tree helpers see the named fields.
   assert float(optax.tree_utils.tree_get(state, 'lr')) == pytest.approx(MIN_LR)
 
   def step(state, loss):
-    _, state = tx.update({'w': jnp.ones(2)}, state, value=loss)
+    _, state = tx.update({'w': jnp.ones(2)}, state, {'w': jnp.zeros(2)},
+                         value=loss)
     return state, state
 
   losses = jnp.concatenate([jnp.linspace(2.0, 1.0, 30),
@@ -416,7 +422,7 @@ def test_authors_rule_keeps_the_papers_values():
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
                minimum_after=1.0, coherence_threshold=-1.0,
-               rewarm_fraction=0.0, gp_fit='adam')
+               rewarm_fraction=0.0, rollback=False, gp_fit='adam')
   curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
   a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
   b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
@@ -583,6 +589,108 @@ def test_second_warmup_follows_any_switch_after_a_noisy_start():
       lrs[switch:], flat[switch:] * np.minimum((k + 1) / int(fraction * T), 1.0),
       rtol=1e-6)
 
+
+
+def _rollback_run(tx, curve, num_steps=600, grads=lambda t: {'w': jnp.full((3, 2), 0.1)}):
+  """``tx`` on ``curve(t)`` with jitted steps, the params applied: the
+  params before every step, every update and the final state."""
+  params = {'w': jnp.ones((3, 2))}
+  state = tx.init(params)
+  step = jax.jit(lambda g, s, p, loss: tx.update(g, s, p, value=loss))
+  before, updates = [], []
+  for t in range(num_steps):
+    u, state = step(grads(t), state, params, jnp.float32(curve(t)))
+    before.append(np.asarray(params['w']))
+    updates.append(np.asarray(u['w']))
+    params = optax.apply_updates(params, u)
+  return np.stack(before), np.stack(updates), oa.find_autowu_state(state)
+
+
+def _u_in_time(t):
+  return 1.0 + ((t - 300.0) / 200.0)**2
+
+
+def test_rollback_returns_the_params_to_the_snapshot_at_the_switch():
+  """At the switch the update takes the params back to the snapshot: those
+  of the last test step whose LR was at most 1.25 x its test's restart LR
+  (the test trails the LR reached), before the LRs the warmup went on to;
+  every other update is the one without rollback."""
+  assert oa.DEFAULTS['rollback'] is True and oa.AUTHORS['rollback'] is False
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE))
+  off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False))
+  before, updates, state = _rollback_run(tx, _u_in_time)
+  _, plain_updates, plain = _rollback_run(off, _u_in_time)
+  switch, snap = int(state.switch_step), int(state.snapshot_step)
+  assert int(plain.switch_step) == switch > 0
+  assert float(plain.restart_lr) == float(state.restart_lr)
+  assert int(state.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
+  warmup_lr = lambda t: MIN_LR * (1.0 / MIN_LR)**(t / (T // 4))
+  assert 0 <= snap < switch - 1
+  assert (snap + 1) % oa.default_test_every(T, SPE) == 0  # Taken at a test.
+  assert warmup_lr(snap) <= 1.25 * float(state.restart_estimate) * (1 + 1e-5)
+  assert warmup_lr(snap + 1) > 0.5 * float(state.restart_lr)  # Not far back.
+  np.testing.assert_allclose(before[switch] + updates[switch], before[snap],
+                             rtol=1e-6)
+  # Before the switch the params are the same; after it, so are the updates
+  # but the rolled-back step (the moments are the optimizer's own).
+  np.testing.assert_array_equal(updates[:switch], plain_updates[:switch])
+  assert not np.allclose(updates[switch], plain_updates[switch])
+  # The schedule does not move: the same LRs as without rollback.
+  assert float(state.lr) == float(plain.lr)
+  assert int(plain.snapshot_step) == -1 and plain.snapshot is None
+
+
+def test_no_rollback_without_an_excursion_or_a_snapshot():
+  """A switch at the LR reached (the maximal warmup on a falling loss) keeps
+  the params; so do the authors' rule and ``init(None)``."""
+  falling = lambda t: 10.0 - 1e-3 * t
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(400, 20))
+  off = optax.chain(optax.adamw(1.0), oa.autowu(400, 20, rollback=False))
+  _, updates, state = _rollback_run(tx, falling, 150)
+  _, plain_updates, _ = _rollback_run(off, falling, 150)
+  assert int(state.switch_reason) == oa.MAX_WARMUP
+  assert int(state.snapshot_step) == -1
+  np.testing.assert_array_equal(updates, plain_updates)
+  authors = oa.autowu(T, SPE, test_every=SPE, divergence_factor=None)
+  assert authors.init({'w': jnp.ones(3)}).snapshot is None
+  loss_only = oa.autowu(T, SPE)  # No params: nothing to keep, none needed.
+  state = loss_only.init(None)
+  assert state.snapshot is None
+  _, state = loss_only.update({}, state, value=1.0)
+  assert int(state.count) == 1
+
+
+def test_rollback_needs_the_params_and_a_bool():
+  tx = oa.autowu(T, SPE)
+  state = tx.init({'w': jnp.ones(3)})
+  with pytest.raises(ValueError, match='params'):
+    tx.update({'w': jnp.ones(3)}, state, value=1.0)
+  with pytest.raises(TypeError, match='rollback'):
+    oa.autowu(T, SPE, rollback=1)
+  assert oa.autowu(T, SPE, rollback=False).init({'w': jnp.ones(3)}).snapshot is None
+
+
+def test_rollback_snapshot_keeps_the_params_dtypes_under_scan():
+  """The snapshot is the params' own tree and dtypes; ``lax.scan`` carries
+  it (a bfloat16 leaf stays bfloat16)."""
+  params = {'w': jnp.ones((3, 2), jnp.bfloat16), 'b': jnp.zeros(4)}
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(400, 20))
+  state = tx.init(params)
+  snap = oa.find_autowu_state(state).snapshot
+  assert jax.tree.map(lambda x: x.dtype, snap) == jax.tree.map(lambda x: x.dtype, params)
+
+  def step(carry, t):
+    params, state = carry
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    u, state = tx.update(grads, state, params, value=_u_in_time(3.0 * t))
+    return (optax.apply_updates(params, u), state), None
+
+  (params, state), _ = jax.jit(lambda c: jax.lax.scan(step, c, jnp.arange(200)))(
+      (params, state))
+  s = oa.find_autowu_state(state)
+  assert int(s.switch_step) > 0
+  assert jax.tree.map(lambda x: x.dtype, s.snapshot) == jax.tree.map(
+      lambda x: x.dtype, params)
 
 def test_coherence_of_sampled_leaves_estimates_the_whole_cosine():
   """A leaf larger than the sample is strided per axis and weighted by its

@@ -99,7 +99,7 @@ def _autowu_chain_case(name: str) -> Case:
 
 CASES = {case.name: case for case in [
     Case('autowu', lambda: oa.autowu(T, SPE, **SMALL),
-         needs_value=True, needs_params=False, state_name='AutoWUState',
+         needs_value=True, needs_params=True, state_name='AutoWUState',
          inject=(oa.autowu, _AUTOWU_ARGS), inject_raises=True,
          check_run=_check_autowu_schedule),
     *[_autowu_chain_case(name) for name in

@@ -68,7 +68,8 @@ _SCRIPT = textwrap.dedent('''
         lrs.append(oa.get_lr(s))
       aw = oa.find_autowu_state(s)
       sample = aw.grad_sample  # One vector; XLA picks its sharding.
-      aw = aw._replace(grad_sample=None)
+      snapshot = aw.snapshot  # The rollback's copy of the params.
+      aw = aw._replace(grad_sample=None, snapshot=None)
       mu = s[0][0].mu  # LAMB's first moment, sharded like the params
       leaves = lambda t: jax.tree.leaves(t)
       return {
@@ -83,6 +84,10 @@ _SCRIPT = textwrap.dedent('''
               a.sharding.is_fully_replicated for a in leaves(p)],
           'mu_replicated': [
               a.sharding.is_fully_replicated for a in leaves(mu)],
+          'snapshot_sharding': [
+              a.sharding.is_equivalent_to(b.sharding, a.ndim)
+              for a, b in zip(leaves(snapshot), leaves(p))],
+          'snapshot_step': int(aw.snapshot_step),
           'coherence': float(aw.coherence_sum) / max(int(aw.coherence_count), 1),
           'coherence_count': int(aw.coherence_count),
           'sample_devices': sorted(
@@ -137,10 +142,11 @@ def test_autowu_state_stays_replicated(runs, variant):
   assert run['autowu_replicated']
   assert run['autowu_devices'] == [8]
   if variant == 'sharded_params':
-    # The params and LAMB's moments really are sharded: only AutoWU's state
-    # is replicated.
+    # The params and LAMB's moments really are sharded: AutoWU's state is
+    # replicated but for its copy of the params, sharded like them.
     assert not all(run['params_replicated'])
     assert not all(run['mu_replicated'])
+    assert all(run['snapshot_sharding'])
   else:
     assert all(run['params_replicated'])
 
@@ -166,6 +172,7 @@ def test_lr_trajectory_matches_single_device(runs, variant):
   assert single['lrs'][step - 1] != single['lrs'][step]
   assert single['lrs'][-1] == 0.0
   assert run['switch'] == single['switch']
+  assert run['snapshot_step'] == single['snapshot_step']
   np.testing.assert_allclose(run['restart_lr'], single['restart_lr'],
                              rtol=1e-5)
   np.testing.assert_allclose(run['lrs'], single['lrs'], rtol=1e-5, atol=0)

@@ -24,7 +24,8 @@ def _run(tx, losses):
   state = tx.init({'w': jnp.zeros(2)})
 
   def step(state, loss):
-    _, state = tx.update({'w': jnp.ones(2)}, state, value=loss)
+    _, state = tx.update({'w': jnp.ones(2)}, state, {'w': jnp.zeros(2)},
+                         value=loss)
     return state, None
 
   return jax.jit(lambda s: jax.lax.scan(step, s, losses)[0])(state)
@@ -67,8 +68,11 @@ def test_metrics_for_logging():
   assert m['restart_lr'] == pytest.approx(float(state.restart_lr))
   assert set(m) == {'step', 'lr', 'phase', 'probability', 'positives',
                     'switch_step', 'restart_lr', 'switch_reason',
-                    'gradient_coherence'}
+                    'gradient_coherence', 'snapshot_step'}
   assert math.isnan(m['gradient_coherence'])  # No `gradients=` given.
+  # A snapshot before the switch, or -1 where no rollback took place.
+  assert isinstance(m['snapshot_step'], int)
+  assert -1 <= m['snapshot_step'] < m['switch_step']
 
 
 def test_repr_shows_named_values():

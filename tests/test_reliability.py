@@ -75,17 +75,20 @@ def _u_curve(n=N, bottom=60, seed=0):
   return u + 0.01 * np.random.default_rng(seed).standard_normal(n)
 
 
+_INF_UNTIL_SET = ('ema_min', 'spike_lr', 'restart_estimate')
+
+
 def _assert_state_finite(state):
-  """Every value is finite; ``ema_min`` and ``spike_lr`` may still be their
-  initial ``+inf``."""
+  """Every value is finite; ``ema_min``, ``spike_lr`` and
+  ``restart_estimate`` may still be their initial ``+inf``."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     name = jax.tree_util.keystr(path)
     leaf = np.asarray(leaf)
     if name.endswith('stats'):
-      leaf = np.delete(leaf, [oa.STATS.index('ema_min'),
-                              oa.STATS.index('spike_lr')], axis=-1)
+      leaf = np.delete(leaf, [oa.STATS.index(n) for n in _INF_UNTIL_SET],
+                       axis=-1)
     assert np.all(np.isfinite(leaf)), name
-  for name in ('ema_min', 'spike_lr'):  # +inf until set.
+  for name in _INF_UNTIL_SET:
     value = np.asarray(getattr(state, name))
     assert not np.any(np.isnan(value) | (value == -np.inf)), name
 
