@@ -5,8 +5,9 @@ run the divergence guard (:func:`_guard`), run the minimum test on test steps
 (:func:`_maybe_test`), decide whether warmup ends and why (:func:`_decide`),
 pick the restart LR (:func:`_restart_lr`), keep or restore the params
 snapshot (:func:`_rollback`) and apply the LR of the step (:func:`_lr`). The
-stages are module-level functions of a static :class:`_Config`; :func:`minimum_test` and :func:`default_test_every` are the
-single definitions that the plots and the benchmarks share.
+stages are module-level functions of a static :class:`_Config`;
+:func:`minimum_test` and :func:`default_test_every` are the single definitions
+that the plots and the benchmarks share.
 """
 
 import functools
@@ -83,8 +84,8 @@ _SPIKE_NOISE_SCALES = 4.0
 # each gradient leaf sampled at this many evenly strided entries at most.
 _COHERENCE_FRACTION = 0.1
 _COHERENCE_SAMPLE = 4096
-# The rollback's snapshot follows the params while the LR is at most this
-# many times the last test's restart LR: while the loss still falls, that
+# The rollback's snapshot takes the params at a test step whose LR is at most
+# this many times the test's restart LR: while the loss still falls, that
 # trails the LR reached (by the valley's half-width and the LR's growth since
 # the test's newest loss; 1.19x per test at the default test spacing).
 _SNAPSHOT_MARGIN = 1.25
@@ -869,10 +870,10 @@ def _rollback(cfg: _Config, state: AutoWUState, t, params, is_test, tested,
   At each test step (``is_test``) the snapshot takes the params if the step's
   LR is at most ``_SNAPSHOT_MARGIN`` x the restart LR the test would give
   (``estimate``, updated at the tests ``tested``); copying at the tests only
-  keeps the params' copy off the other steps. A switch whose restart LR is below
-  the LR of the last update (the warmup went past it), by at most
-  ``_MAX_ROLLBACK_RATIO`` x the snapshot's, returns the params to it. Without a snapshot (``rollback``
-  off, ``init(None)``) nothing is kept.
+  keeps the params' copy off the other steps. A switch whose restart LR is
+  below the LR of the last update (the warmup went past it), by at most
+  ``_MAX_ROLLBACK_RATIO`` x the snapshot's, returns the params to it.
+  Without a snapshot (``rollback`` off, ``init(None)``) nothing is kept.
   """
   estimate = jnp.where(tested, estimate, state.restart_estimate)
   if state.snapshot is None:
@@ -1160,15 +1161,16 @@ def autowu(
     rollback: whether to undo the warmup's excursion past the restart LR: the
       state keeps a copy of the params (``snapshot``, in their dtypes), the
       params of the last test step whose LR was at most 1.25 x the restart
-      LR of that test; a switch whose restart LR is below the LR
-      of the last update (a confident minimum, the knee, the guard; not the
-      end of the maximal warmup, nor the largest LR tested after a noisy
-      start), if that LR is at most 4x the snapshot's (a longer warmup kept
-      learning at the larger LRs), makes that update ``snapshot - params``, so the chain must
-      apply it (``optax.apply_updates``) and ``autowu`` must be the last
-      transformation. Needs ``params`` at every update (a ``ValueError``
-      without them) unless built with ``init(None)``. The optimizer's own
-      state (moments) is not rolled back. ``None``: ``DEFAULTS['rollback']``
+      LR of that test; a switch whose restart LR is below the LR of the
+      last update (a confident minimum, the knee, the guard; not the end of
+      the maximal warmup, nor the largest LR tested after a noisy start),
+      if that LR is at most 4x the snapshot's (a longer warmup kept learning
+      at the larger LRs), makes that update ``snapshot - params``, so the
+      chain must apply it (``optax.apply_updates``) and ``autowu`` must be
+      the last transformation. Needs ``params`` at every update (a
+      ``ValueError`` without them) unless built with ``init(None)``. The
+      optimizer's own state (moments) is not rolled back. ``None``:
+      ``DEFAULTS['rollback']``
       (``True``; the authors' rule: ``False``).
     gp_fit: how each test sets the GP's signal and noise variance:
       ``'max_likelihood'`` maximizes the marginal likelihood of the
@@ -1186,8 +1188,8 @@ def autowu(
   ``divergence_factor=None``), where they take the paper's values
   (``optax_autolr.AUTHORS``: ``min_lr=1e-5``, ``max_warmup_fraction=0.5``,
   cosine decay, restart at the minimum, no gate, no spike cap, no knee, no
-  coherence rule, no second warmup and no rollback, the authors' GP fit). Any of them
-  given explicitly is used as given.
+  coherence rule, no second warmup and no rollback, the authors' GP fit).
+  Any of them given explicitly is used as given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
