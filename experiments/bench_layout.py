@@ -22,8 +22,16 @@ the command needs a git checkout::
 
 Writes ``experiments/results/bench_layout.md`` (``--quick``: a temporary
 folder).
+
+``--against LABEL=COMMIT`` (repeatable) measures the checkout against other
+libraries instead, the first one the baseline, and writes
+``bench_layout_<labels>.md``; e.g. the rollback's cost::
+
+    python -m experiments.bench_layout --against before_rollback=36749f3 \
+        --against rollback_cond=75ef673
 """
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -155,25 +163,45 @@ def bench_train_step(libs, model_name, batch, rounds, steps):
                      lambda fn, state: fn(state, x, y)[0])
 
 
+def _label_commit(text: str) -> tuple[str, str]:
+  """``type=`` for ``LABEL=COMMIT``."""
+  label, sep, commit = text.partition('=')
+  if not sep or not label.isidentifier() or not commit or label in (
+      'current', 'copy'):
+    raise argparse.ArgumentTypeError(
+        f'expected LABEL=COMMIT (LABEL a Python name other than current and '
+        f'copy), e.g. before_rollback=36749f3; got {text!r}')
+  return label, commit
+
+
 def main(argv=None):
   parser = cli.ArgumentParser(prog='python -m experiments.bench_layout',
                               description=__doc__.splitlines()[0])
   cli.add_output_flags(
       parser, quick='smoke run',
       out_dir='default: experiments/results (a temporary folder with --quick)')
+  parser.add_argument(
+      '--against', type=_label_commit, action='append', metavar='LABEL=COMMIT',
+      help='measure the checkout against the library at COMMIT (repeatable; '
+      'the first is the baseline); default: the packed and flat layouts')
   args = parser.parse_args(argv)
   import optax_autolr
+  against = args.against or [('packed', PACKED_COMMIT), ('flat', FLAT_COMMIT)]
+  if len({label for label, _ in against}) < len(against):
+    parser.error('--against: each LABEL once')
   try:
-    packed = load_commit(PACKED_COMMIT, 'optax_autolr_packed')
-    flat = load_commit(FLAT_COMMIT, 'optax_autolr_flat')
+    libs = {label: load_commit(commit, f'optax_autolr_{label}')
+            for label, commit in against}
   except (subprocess.CalledProcessError, FileNotFoundError) as e:
-    parser.error(f'cannot read the library at commits {PACKED_COMMIT} / '
-                 f'{FLAT_COMMIT} with git (a git checkout is needed): {e}')
-  libs = {'packed': packed, 'flat': flat, 'current': optax_autolr,
-          'packed_copy': packed}
+    parser.error(f'cannot read the library at commits '
+                 f'{", ".join(c for _, c in against)} with git (a git '
+                 f'checkout is needed): {e}')
+  base = against[0][0]
+  libs.update(current=optax_autolr, copy=libs[base])
   cfg = QUICK if args.quick else FULL
   rounds, steps = cfg['rounds'], cfg['steps']
   cases = [('update alone', None, None)] + [(m, m, b) for m, b in cfg['cases']]
+  others = [name for name in libs if name not in (base, 'copy')]
   started = time.time()
   rows = []
   for label, model, batch in cases:
@@ -182,38 +210,48 @@ def main(argv=None):
     else:
       times = bench_train_step(libs, model, batch, rounds, steps)
     med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
-    rows.append((f'{label}' + (f' B={batch}' if batch else ''), med['packed'],
-                 med['flat'], med['current'],
-                 _paired(times['flat'], times['packed']),
-                 _paired(times['current'], times['packed']),
-                 _paired(times['packed_copy'], times['packed'])))
-    print(f'{rows[-1][0]}: packed {med["packed"]:.3f} ms, flat '
-          f'{med["flat"]:.3f} ms, current {med["current"]:.3f} ms; flat/packed '
-          f'{rows[-1][4]:.4f}, current/packed {rows[-1][5]:.4f} '
-          f'(noise floor {rows[-1][6]:.4f})', flush=True)
+    ratios = [_paired(times[k], times[base]) for k in others + ['copy']]
+    rows.append([label + (f' B={batch}' if batch else ''), med[base],
+                 *(med[k] for k in others), *ratios])
+    print(f'{rows[-1][0]}: ' + ', '.join(
+        f'{k} {med[k]:.3f} ms' for k in [base] + others) + '; ' + ', '.join(
+            f'{k}/{base} {r:.4f}' for k, r in zip(others, ratios))
+          + f' (noise floor {ratios[-1]:.4f})', flush=True)
   out = report.results_dir(args.out_dir, 'bench_layout', args.quick)
-  name = 'bench_layout_quick.md' if args.quick else 'bench_layout.md'
-  lines = report.header('Packed vs flat AutoWU state') + [
-      report.command_line(
-          f'python -m experiments.bench_layout{" --quick" if args.quick else ""}', ''),
+  stem = 'bench_layout' + ('' if args.against is None else '_' + '_'.join(
+      label for label, _ in against))
+  name = f'{stem}_quick.md' if args.quick else f'{stem}.md'
+  flags = ''.join(f' --against {label}={commit}' for label, commit in
+                  (args.against or [])) + (' --quick' if args.quick else '')
+  if args.against is None:
+    title = 'Packed vs flat AutoWU state'
+    what = (f'- Packed: the library at commit `{PACKED_COMMIT}` (0.2.0 layout, '
+            f'4 leaves); flat: commit `{FLAT_COMMIT}` (named fields, 20 '
+            'leaves, the same decision rule: the layout alone); current: this '
+            'checkout (named fields plus the rule-search stages: spike cap '
+            'state and descent gate).')
+  else:
+    title = 'AutoWU step cost, library against library'
+    what = ('- Libraries: ' + '; '.join(
+        f'{label}: commit `{commit}`' for label, commit in against)
+        + '; current: this checkout. Each with its defaults.')
+  lines = report.header(title) + [
+      report.command_line(f'python -m experiments.bench_layout{flags}', ''),
       f'- Date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}; '
       f'{time.time() - started:.0f} s',
       report.machine_line(machine.machine_info()),
-      f'- Packed: the library at commit `{PACKED_COMMIT}` (0.2.0 layout, 4 leaves); '
-      f'flat: commit `{FLAT_COMMIT}` (named fields, 20 leaves, the same decision '
-      'rule: the layout alone); current: this checkout (named fields plus the '
-      'rule-search stages: spike cap state and descent gate).',
+      what,
       f'- {rounds} interleaved rounds of {steps} steps (update alone: '
       f'{cfg["update_calls"]} calls) '
-      'per variant; ratio = median over rounds of the paired per-round ratio; '
-      'noise floor = the packed step against a second, identical copy of it, '
-      'interleaved the same way.',
+      'per variant, non-test steps; ratio = median over rounds of the paired '
+      f'per-round ratio to {base}; noise floor = {base} against a second, '
+      'identical copy of it, interleaved the same way.',
       '',
   ] + report.table(
-      ['case', 'packed ms', 'flat ms', 'current ms', 'flat / packed',
-       'current / packed', 'noise floor'],
-      [[r[0], *(f'{v:.3f}' for v in r[1:4]), *(f'{v:.4f}' for v in r[4:])]
-       for r in rows])
+      ['case', *(f'{k} ms' for k in [base] + others),
+       *(f'{k} / {base}' for k in others), 'noise floor'],
+      [[r[0], *(f'{v:.3f}' for v in r[1:2 + len(others)]),
+        *(f'{v:.4f}' for v in r[2 + len(others):])] for r in rows])
   report.write(out / name, lines, final_newline=True)
   print(f'wrote {out / name}')
 

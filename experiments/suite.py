@@ -486,7 +486,7 @@ def _target_lines(cases: list[dict[str, Any]], summs: dict[str, dict], out_dir: 
           "; not: " + ", ".join(f"{n} {g:+.2f}" for n, g in far.items()) if far else ""),
       not far)
   mean = float(np.mean([r["gap"] for r in ours.values()]))
-  add("ahead of the grid on the image average", f"{mean:+.2f} pp over {len(img)} cases",
+  add("ahead of the grid on the image average", f"{mean:+.3f} pp over {len(img)} cases",
       mean > 0)
   for m in PEERS:
     names = [n for n in ours if "gap" in summs[n]["methods"].get(m, {})]

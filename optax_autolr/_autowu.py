@@ -774,35 +774,42 @@ def _lr_span(cfg: _Config, t_data) -> jax.Array:
   return math.log(cfg.max_lr / cfg.min_lr) * frac
 
 
-def _test_branch(cfg: _Config, window, t_data, probability, argmin,
-                 gp_adam):
-  del probability, argmin
-  fit_params = None
-  if cfg.gp_fit == 'adam':
-    gp_adam = gp.adam_fit(*_window_data(window, t_data, True), gp_adam,
-                          lengthscale=cfg.lengthscale)
-    fit_params = gp_adam.params
-  result, knee = _run_test(
-      window, t_data, _lr_span(cfg, t_data), lengthscale=cfg.lengthscale,
-      grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
-      min_descent=cfg.min_descent, valley_level=cfg.valley_level,
-      knee_slope=cfg.knee_slope if cfg.warmup == 'exp' else 0.0,
-      knee_ratio=cfg.knee_ratio, minimum_after=cfg.minimum_after,
-      fit_params=fit_params)
-  return result.probability, result.argmin, knee, gp_adam
+class _Test(NamedTuple):
+  probability: jax.Array
+  argmin: jax.Array
+  knee: jax.Array  # The knee was passed (at this test).
+  gp_adam: gp.AdamFit | None
+  restart_estimate: jax.Array  # The restart LR a confident minimum gives.
 
 
-def _skip_branch(window, t_data, probability, argmin, gp_adam):
-  del window, t_data
-  return probability, argmin, jnp.zeros((), bool), gp_adam
+def _maybe_test(cfg: _Config, run, window, t_data, state: AutoWUState,
+                restart_at) -> _Test:
+  """A new test when ``run``, else the last one.
 
+  ``restart_at(argmin)``: the restart LR of a confident minimum at that
+  restart point (:func:`_restart_lr`); computed with the test, so the steps
+  between tests do none of it.
+  """
+  kept = _Test(state.probability, state.argmin, jnp.zeros((), bool),
+               state.gp_adam, state.restart_estimate)
 
-def _maybe_test(cfg: _Config, run, window, t_data, state: AutoWUState):
-  """``(probability, argmin, knee, gp_adam)``: a new test when ``run``, else
-  the last one."""
-  return jax.lax.cond(run, functools.partial(_test_branch, cfg), _skip_branch,
-                      window, t_data, state.probability, state.argmin,
-                      state.gp_adam)
+  def test():
+    gp_adam, fit_params = state.gp_adam, None
+    if cfg.gp_fit == 'adam':
+      gp_adam = gp.adam_fit(*_window_data(window, t_data, True), gp_adam,
+                            lengthscale=cfg.lengthscale)
+      fit_params = gp_adam.params
+    result, knee = _run_test(
+        window, t_data, _lr_span(cfg, t_data), lengthscale=cfg.lengthscale,
+        grid_size=cfg.grid_size, noise_floor=cfg.noise_floor,
+        min_descent=cfg.min_descent, valley_level=cfg.valley_level,
+        knee_slope=cfg.knee_slope if cfg.warmup == 'exp' else 0.0,
+        knee_ratio=cfg.knee_ratio, minimum_after=cfg.minimum_after,
+        fit_params=fit_params)
+    return _Test(result.probability, result.argmin, knee, gp_adam,
+                 restart_at(result.argmin))
+
+  return jax.lax.cond(run, test, lambda: kept)
 
 
 def _decide(cfg: _Config, state: AutoWUState, is_test, probability, knee,
@@ -859,25 +866,23 @@ def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
 class _Rollback(NamedTuple):
   snapshot: Any
   snapshot_step: jax.Array
-  restart_estimate: jax.Array
   back: jax.Array  # This update returns the params to the snapshot.
 
 
-def _rollback(cfg: _Config, state: AutoWUState, t, params, is_test, tested,
-              estimate, switch, restart) -> _Rollback:
+def _rollback(cfg: _Config, state: AutoWUState, t, params, is_test, estimate,
+              switch, restart) -> _Rollback:
   """The params snapshot: kept along the warmup, restored at the switch.
 
   At each test step (``is_test``) the snapshot takes the params if the step's
-  LR is at most ``_SNAPSHOT_MARGIN`` x the restart LR the test would give
-  (``estimate``, updated at the tests ``tested``); copying at the tests only
-  keeps the params' copy off the other steps. A switch whose restart LR is
-  below the LR of the last update (the warmup went past it), by at most
-  ``_MAX_ROLLBACK_RATIO`` x the snapshot's, returns the params to it.
-  Without a snapshot (``rollback`` off, ``init(None)``) nothing is kept.
+  LR is at most ``_SNAPSHOT_MARGIN`` x the restart LR the last test would
+  give (``estimate``); copying at the tests only keeps the params' copy off
+  the other steps. A switch whose restart LR is below the LR of the last
+  update (the warmup went past it), by at most ``_MAX_ROLLBACK_RATIO`` x the
+  snapshot's, returns the params to it. Without a snapshot (``rollback``
+  off, ``init(None)``) nothing is kept.
   """
-  estimate = jnp.where(tested, estimate, state.restart_estimate)
   if state.snapshot is None:
-    return _Rollback(None, state.snapshot_step, estimate, jnp.zeros((), bool))
+    return _Rollback(None, state.snapshot_step, jnp.zeros((), bool))
   take = (is_test & ~switch
           & (_warmup_lr(cfg, t) <= _SNAPSHOT_MARGIN * estimate))
   snapshot = jax.lax.cond(
@@ -890,19 +895,26 @@ def _rollback(cfg: _Config, state: AutoWUState, t, params, is_test, tested,
              * _warmup_lr(cfg, state.snapshot_step)))
   step = jnp.where(take, t, jnp.where(switch & ~back, -1,
                                       state.snapshot_step))
-  return _Rollback(snapshot, step, estimate, back)
+  return _Rollback(snapshot, step, back)
 
 
 def _scaled(updates, lr, rollback: _Rollback, params):
-  """The updates times ``lr``, or the step back to the snapshot."""
+  """The updates times ``lr``, or the step back to the snapshot.
+
+  A select, not a ``lax.cond``: the product then fuses into the caller's
+  ``apply_updates`` as it does without a snapshot, so every update but the
+  step back is the one of ``rollback=False``, bit for bit (a cond's output
+  is written out, and XLA's rounding of the product then differs). The
+  select reads the snapshot on every step; measured on CPU it costs a step
+  no more than the cond did, within noise
+  (``python -m experiments.bench_layout --against ...``).
+  """
   updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
   if rollback.snapshot is None:
     return updates
-  return jax.lax.cond(
-      rollback.back,
-      lambda u: jax.tree.map(lambda s, p, u: (s - p).astype(u.dtype),
-                             rollback.snapshot, params, u),
-      lambda u: u, updates)
+  return jax.tree.map(
+      lambda s, p, u: jnp.where(rollback.back, (s - p).astype(u.dtype), u),
+      rollback.snapshot, params, updates)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -923,38 +935,41 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients,
   # +4.8 ms instead of +0.8 ms per MLP test step).
   updates, window, t_data = jax.lax.optimization_barrier(
       (updates, window, t_data))
-  tested = is_test | guard.diverged | guard.non_finite
-  probability, argmin, knee, gp_adam = _maybe_test(cfg, tested, window,
-                                                   t_data, state)
-  positives, reason = _decide(cfg, state, is_test, probability, knee, guard)
-  switch = reason != NOT_SWITCHED
   incoherent = _incoherent_start(cfg, coherence)
-  restart = _restart_lr(cfg, reason, t, t_data, argmin, guard.non_finite,
-                        spike.spike_lr, incoherent)
-  rollback = _rollback(
-      cfg, state, t, params, is_test, tested,
-      _restart_lr(cfg, CONFIDENT_MINIMUM, t, t_data, argmin, guard.non_finite,
-                  spike.spike_lr, incoherent), switch, restart)
+
+  def restart_at(reason, argmin):
+    return _restart_lr(cfg, reason, t, t_data, argmin, guard.non_finite,
+                       spike.spike_lr, incoherent)
+
+  test = _maybe_test(cfg, is_test | guard.diverged | guard.non_finite, window,
+                     t_data, state,
+                     functools.partial(restart_at, CONFIDENT_MINIMUM))
+  positives, reason = _decide(cfg, state, is_test, test.probability,
+                              test.knee, guard)
+  switch = reason != NOT_SWITCHED
+  restart = restart_at(reason, test.argmin)
+  rollback = _rollback(cfg, state, t, params, is_test, test.restart_estimate,
+                       switch, restart)
   switch_step = jnp.where(switch, t, state.switch_step)
   restart_lr = jnp.where(switch, restart, state.restart_lr)
   phase = jnp.where(switch, DECAY, state.phase)
   lr = _lr(cfg, t, phase, switch_step, restart_lr, incoherent)
   updates = _scaled(updates, lr, rollback, params)
-  stats = _stats(positives=positives, argmin=argmin,
+  stats = _stats(positives=positives, argmin=test.argmin,
                  loss_ema=guard.loss_ema, ema_min=guard.ema_min,
                  spike_lr=spike.spike_lr, last_loss=spike.last_loss,
                  diff_ema=spike.diff_ema,
                  coherence_sum=coherence.coherence_sum,
                  coherence_count=coherence.coherence_count,
-                 restart_estimate=rollback.restart_estimate,
+                 restart_estimate=test.restart_estimate,
                  snapshot_step=rollback.snapshot_step)
   return updates, state._replace(
       count=optax.safe_int32_increment(t), phase=phase, lr=lr,
-      probability=probability, switch_step=switch_step,
+      probability=test.probability, switch_step=switch_step,
       restart_lr=restart_lr,
       switch_reason=jnp.where(switch, reason, state.switch_reason),
       stats=stats, window=window, grad_sample=coherence.grad_sample,
-      snapshot=rollback.snapshot, gp_adam=gp_adam)
+      snapshot=rollback.snapshot, gp_adam=test.gp_adam)
 
 
 # --------------------------------------------------------------------------
@@ -1162,8 +1177,9 @@ def autowu(
       state keeps a copy of the params (``snapshot``, in their dtypes), the
       params of the last test step whose LR was at most 1.25 x the restart
       LR of that test; a switch whose restart LR is below the LR of the
-      last update (a confident minimum, the knee, the guard; not the end of
-      the maximal warmup, nor the largest LR tested after a noisy start),
+      last update (a confident minimum, the knee, the guard, a loss spike's
+      cap; not the LR reached at the end of the maximal warmup, nor the
+      largest LR tested after a noisy start),
       if that LR is at most 4x the snapshot's (a longer warmup kept learning
       at the larger LRs), makes that update ``snapshot - params``, so the
       chain must apply it (``optax.apply_updates``) and ``autowu`` must be
@@ -1452,19 +1468,17 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                                   noise_floor, r['gp_fit']))
 
 
-_CONFIG_FIELDS = ('total_steps', 'warmup_steps', 'lengthscale', 'noise_floor',
-                  'grid_size', 'min_descent', 'valley_level', 'knee_slope',
-                  'log_lr_range', 'minimum_after', 'gp_fit_steps')
-
-
 def _state_constants(cfg: _Config) -> dict[str, Any]:
-  """The constants of ``cfg`` as the state keeps them (:data:`_CONFIG_FIELDS`)."""
+  """The constants of ``cfg`` as the state keeps them
+  (:data:`INT_CONSTANTS`, :data:`FLOAT_CONSTANTS`)."""
   exp = cfg.warmup == 'exp'  # The linear warmup has no knee rule.
-  return {**{n: getattr(cfg, n) for n in _CONFIG_FIELDS[:7]},
-          'knee_slope': cfg.knee_slope if exp else 0.0,
-          'log_lr_range': math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0,
-          'minimum_after': cfg.minimum_after if exp else 1.0,
-          'gp_fit_steps': gp.AUTHORS_FIT_STEPS if cfg.gp_fit == 'adam' else 0}
+  values = dict(
+      gp_fit_steps=gp.AUTHORS_FIT_STEPS if cfg.gp_fit == 'adam' else 0,
+      knee_slope=cfg.knee_slope if exp else 0.0,
+      log_lr_range=math.log(cfg.max_lr / cfg.min_lr) if exp else 0.0,
+      minimum_after=cfg.minimum_after if exp else 1.0)
+  return {n: values[n] if n in values else getattr(cfg, n)
+          for n in INT_CONSTANTS + FLOAT_CONSTANTS}
 
 
 def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
@@ -1481,7 +1495,7 @@ def _config_mismatch(ours: dict[str, Any], state_values: dict[str, Any]
         f'{x:g}' for x in v) + ']'
 
   return [f'{name}: state {text(state_values[name])}, transformation '
-          f'{text(ours[name])}' for name in _CONFIG_FIELDS
+          f'{text(ours[name])}' for name in ours
           if not np.allclose(state_values[name], ours[name], rtol=1e-6)]
 
 
@@ -1831,7 +1845,7 @@ def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
     return isinstance(x, AutoWUState) or (  # earlier 0.3.0 states).
         isinstance(x, Mapping) and (
             all(n in x for n in ('int_constants', 'float_constants'))
-            or all(n in x for n in _CONFIG_FIELDS[:5])))
+            or all(n in x for n in INT_CONSTANTS[:3])))
 
   def value(node, name):
     if isinstance(node, AutoWUState) or 'int_constants' in node:
@@ -1843,7 +1857,8 @@ def _config_nodes(tree: Any) -> dict[str, dict[str, float]]:
 
   found = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]
   return {jax.tree_util.keystr(path): {n: value(node, n)
-                                        for n in _CONFIG_FIELDS}
+                                        for n in INT_CONSTANTS
+                                        + FLOAT_CONSTANTS}
           for path, node in found if is_node(node)}
 
 

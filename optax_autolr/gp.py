@@ -213,37 +213,51 @@ def _householder(a, num_steps):
   return a
 
 
-def _system(x, weights, yc, mask, lengthscale):
-  """Weighted least-squares system of the masked data in feature space.
+def _reduce(x, sqrt_w, cols, lengthscale):
+  """``W^{1/2} [Phi, cols]`` reduced to the feature space.
 
-  ``W^{1/2} [Phi, y]`` is first reduced to ``[R, c]`` by Householder QR (in
-  ``jax.numpy``: O(n m^2), n the number of bins), then the small ``R`` is
-  decomposed by SVD. This never forms ``Phi^T W Phi`` (which would square
-  the condition number), and the only LAPACK call is on an m x m matrix,
-  too small for a multithreaded BLAS to start its threads (on CPU those
-  threads would compete with the training step's own).
+  Householder QR first (in ``jax.numpy``: O(n m^2), n the number of bins),
+  then an SVD of the small ``R``. This never forms ``Phi^T W Phi`` (which
+  would square the condition number), and the only LAPACK call is on an
+  m x m matrix, too small for a multithreaded BLAS to start its threads (on
+  CPU those threads would compete with the training step's own).
+
+  Returns:
+    ``(sv, vt, resolved, z, outside)``: the singular values of ``R = U S
+    V^T`` (those within round-off of zero set to 0: they carry no
+    information, their directions join the residual), ``V^T``, which are
+    resolved, ``U^T`` of the reduced ``cols`` (``[m, k]``) and their parts
+    outside the feature span (``[n', k]``).
   """
-  sqrt_w = jnp.sqrt(jnp.where(mask, weights, 0.0))
-  ys = sqrt_w * jnp.where(mask, yc, 0.0)
-  phi = rbf_features(x, lengthscale).astype(ys.dtype)
+  phi = rbf_features(x, lengthscale).astype(jnp.result_type(sqrt_w, cols))
   m = phi.shape[1]
-  a = jnp.concatenate([sqrt_w[:, None] * phi, ys[:, None]], axis=1)
+  a = jnp.concatenate([sqrt_w[:, None] * phi, sqrt_w[:, None] * cols], axis=1)
   # Fewer bins than features: zero rows change nothing and make R m x m.
   a = jnp.pad(a, ((0, max(0, m + 1 - a.shape[0])), (0, 0)))
   a = _householder(a, m)
-  r, c = a[:m, :m], a[:m, m]
-  outside = jnp.sum(a[m:, m] ** 2)  # Part of y orthogonal to all features.
-  u, sv, vt = jnp.linalg.svd(r)
-  # Singular values within round-off of zero carry no information: treat
-  # them as exactly zero (their directions join the residual).
+  u, sv, vt = jnp.linalg.svd(a[:m, :m])
   tol = (max(a.shape) * jnp.finfo(sv.dtype).eps
          * jnp.maximum(jnp.max(sv), 0.0))
   resolved = sv > tol
-  z = u.T @ c
-  return _System(sigma=jnp.where(resolved, sv * sv, 0.0), vec=vt.T,
-                 h=jnp.where(resolved, sv * z, 0.0),
-                 residual=outside + jnp.sum(jnp.where(resolved, 0.0, z * z)),
+  return (jnp.where(resolved, sv, 0.0), vt, resolved, u.T @ a[:m, m:],
+          a[m:, m:])
+
+
+def _projected(sv, vec, resolved, z, outside) -> _System:
+  """The :class:`_System` of one reduced column (``z``, ``outside``)."""
+  return _System(sigma=sv * sv, vec=vec, h=jnp.where(resolved, sv * z, 0.0),
+                 residual=(jnp.sum(outside**2)
+                           + jnp.sum(jnp.where(resolved, 0.0, z * z))),
                  rank=jnp.sum(resolved))
+
+
+def _system(x, weights, yc, mask, lengthscale):
+  """Weighted least-squares system of the masked data in feature space
+  (:func:`_reduce`)."""
+  sqrt_w = jnp.sqrt(jnp.where(mask, weights, 0.0))
+  sv, vt, resolved, z, outside = _reduce(
+      x, sqrt_w, jnp.where(mask, yc, 0.0)[:, None], lengthscale)
+  return _projected(sv, vt.T, resolved, z[:, 0], outside[:, 0])
 
 
 def _posterior_from_system(sys, ratio, signal_var, xq, lengthscale):
@@ -284,17 +298,23 @@ def posterior(x: jax.Array, y: jax.Array, noise_var: jax.Array,
   return Posterior(m + mean, v, c)
 
 
-def _profile_lml(log_ratio, sys, logdet_w, n):
-  """Log marginal likelihood with the signal variance profiled out."""
-  ratio = jnp.exp(log_ratio)
+def _quad_logdet(sys, ratio, log_ratio, n):
+  """``(y^T A^-1 y, log det A)`` of ``A = Phi Phi^T + ratio W^-1`` (the
+  kernel matrix over the signal variance) in the feature space, less the
+  ``log det W^-1`` that the callers add."""
   inside = jnp.where(sys.sigma > 0, sys.h**2 / (
       jnp.where(sys.sigma > 0, sys.sigma, 1.0) * (sys.sigma + ratio)), 0.0)
   quad = sys.residual / ratio + jnp.sum(inside)
-  s = jnp.maximum(quad / n, _TINY)
-  logdet = (n * jnp.log(s) - logdet_w
-            + jnp.sum(jnp.where(sys.sigma > 0, jnp.log(sys.sigma + ratio),
-                                0.0))
+  logdet = (jnp.sum(jnp.where(sys.sigma > 0, jnp.log(sys.sigma + ratio), 0.0))
             + (n - sys.rank) * log_ratio)
+  return quad, logdet
+
+
+def _profile_lml(log_ratio, sys, logdet_w, n):
+  """Log marginal likelihood with the signal variance profiled out."""
+  quad, logdet = _quad_logdet(sys, jnp.exp(log_ratio), log_ratio, n)
+  s = jnp.maximum(quad / n, _TINY)
+  logdet = n * jnp.log(s) - logdet_w + logdet
   return -0.5 * (quad / s + logdet + n * jnp.log(2 * jnp.pi)), s
 
 
@@ -540,46 +560,26 @@ def _mean_system(x, y, counts, mask, lengthscale) -> _MeanSystem:
   cmax = jnp.maximum(jnp.max(jnp.where(mask, counts, 0.0)), 1.0)
   weights = counts / cmax
   sqrt_w = jnp.sqrt(jnp.where(mask, weights, 0.0))
-  phi = rbf_features(x, lengthscale).astype(dtype)
-  m = phi.shape[1]
   cols = jnp.stack([jnp.where(mask, y, 0.0), jnp.ones_like(sqrt_w)], axis=1)
-  a = jnp.concatenate([sqrt_w[:, None] * phi, sqrt_w[:, None] * cols], axis=1)
-  a = jnp.pad(a, ((0, max(0, m + 1 - a.shape[0])), (0, 0)))
-  a = _householder(a, m)
-  u, sv, vt = jnp.linalg.svd(a[:m, :m])
-  tol = (max(a.shape) * jnp.finfo(sv.dtype).eps
-         * jnp.maximum(jnp.max(sv), 0.0))
-  resolved = sv > tol
-  sv = jnp.where(resolved, sv, 0.0)
+  sv, vt, resolved, z, outside = _reduce(x, sqrt_w, cols, lengthscale)
   logdet_w = jnp.sum(jnp.where(mask, jnp.log(weights), 0.0))
-  return _MeanSystem(sigma=sv * sv, vec=vt.T, sv=sv, z=(u.T @ a[:m, m:]).T,
-                     outside=a[m:, m:].T, resolved=resolved, cmax=cmax,
-                     logdet_w=logdet_w,
+  return _MeanSystem(sigma=sv * sv, vec=vt.T, sv=sv, z=z.T, outside=outside.T,
+                     resolved=resolved, cmax=cmax, logdet_w=logdet_w,
                      n=jnp.maximum(jnp.sum(mask), 1).astype(dtype))
 
 
 def _centered(ms: _MeanSystem, mean) -> _System:
   """The :class:`_System` of ``y - mean``."""
-  z = ms.z[0] - mean * ms.z[1]
-  outside = ms.outside[0] - mean * ms.outside[1]
-  return _System(sigma=ms.sigma, vec=ms.vec,
-                 h=jnp.where(ms.resolved, ms.sv * z, 0.0),
-                 residual=(jnp.sum(outside**2)
-                           + jnp.sum(jnp.where(ms.resolved, 0.0, z * z))),
-                 rank=jnp.sum(ms.resolved))
+  return _projected(ms.sv, ms.vec, ms.resolved, ms.z[0] - mean * ms.z[1],
+                    ms.outside[0] - mean * ms.outside[1])
 
 
 def _lml_given(ms: _MeanSystem, mean, signal_var, noise_var) -> jax.Array:
   """Log marginal likelihood at given hyperparameters (nothing profiled)."""
-  sys = _centered(ms, mean)
   ratio = noise_var / (signal_var * ms.cmax)
-  inside = jnp.where(sys.sigma > 0, sys.h**2 / (
-      jnp.where(sys.sigma > 0, sys.sigma, 1.0) * (sys.sigma + ratio)), 0.0)
-  quad = sys.residual / ratio + jnp.sum(inside)
-  logdet = (ms.n * jnp.log(signal_var) - ms.logdet_w
-            + jnp.sum(jnp.where(sys.sigma > 0, jnp.log(sys.sigma + ratio),
-                                0.0))
-            + (ms.n - sys.rank) * jnp.log(ratio))
+  quad, logdet = _quad_logdet(_centered(ms, mean), ratio, jnp.log(ratio),
+                              ms.n)
+  logdet = ms.n * jnp.log(signal_var) - ms.logdet_w + logdet
   return -0.5 * (quad / signal_var + logdet + ms.n * jnp.log(2 * jnp.pi))
 
 

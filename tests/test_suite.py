@@ -143,7 +143,7 @@ def test_targets_table_marks_each_target_from_the_summaries(tmp_path):
           if line.startswith("| ") and " | " in line}
   assert "mlp_lamb_b4096_e20 -0.50" in rows["every image case within 0.3 pp of the grid "
                                            "(mean of 3 seeds)"]
-  assert "-0.15 pp over 2 cases | **not met**" in rows["ahead of the grid on the image average"]
+  assert "-0.150 pp over 2 cases | **not met**" in rows["ahead of the grid on the image average"]
   assert rows["ahead of Prodigy on average"].endswith("| met |")
   assert "-1.20 pp" in rows["no seed more than 1 pp below the grid"]
   assert "-0.40 pp" in md and "**not met**" in rows[
