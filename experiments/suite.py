@@ -105,6 +105,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rollback05": {"rollback": True, "restart_fraction": 0.5},
     "rollback2": {"rollback": True},
     "norollback": {"rollback": False},
+    # The maximal warmup capped at 5 epochs (the 20-epoch cases' 0.25 x 20) on the longer
+    # budgets: at 40 epochs 0.25 -> 0.125 (and 7.5 epochs: 0.1875), at 80 epochs 0.0625.
+    "mwf0125": {"max_warmup_fraction": 0.125},
+    "mwf01875": {"max_warmup_fraction": 0.1875},
+    "mwf00625": {"max_warmup_fraction": 0.0625},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
@@ -125,8 +130,10 @@ CASES: list[dict[str, Any]] = [
     _case("mlp_lamb_b8192_e20", "mlp", "lamb", 8192, 20),
     _case("mlp_lamb_b4096_e10", "mlp", "lamb", 4096, 10),
     _case("mlp_lamb_b4096_e40", "mlp", "lamb", 4096, 40),
+    _case("mlp_lamb_b4096_e80", "mlp", "lamb", 4096, 80),
     _case("mlp_adamw_b1024_e20", "mlp", "adamw", 1024, 20),
     _case("mlp_adamw_b4096_e20", "mlp", "adamw", 4096, 20),
+    _case("mlp_adamw_b4096_e40", "mlp", "adamw", 4096, 40),
     _case("cnn_lamb_b512_e10", "cnn", "lamb", 512, 10, subset=(20000, None)),
     _case("cnn_adamw_b512_e10", "cnn", "adamw", 512, 10, subset=(20000, None)),
     _case("lm_adamw_b16", "transformer", "adamw", 16, 1),

@@ -69,6 +69,8 @@ CASES = [
     ("surge-max-minutes", "surge", ["--max-minutes", "0"], ["--max-minutes", "> 0", "got 0"]),
     ("bench-from-json-not-json", "bench", ["--from-json", "{tmp}/not.json"],
      ["--from-json", "not a bench json"]),
+    ("warmup-cap-unknown-flag", "warmup_cap", ["--seeds", "3"],
+     ["unrecognized arguments", "--seeds"]),
 ]
 if not _library_rejects_test_every_beyond_warmup():  # Issue 15, point 5 (the library).
     CASES = [c for c in CASES if c[0] != "library-test-every-beyond-warmup"]
