@@ -110,6 +110,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mwf0125": {"max_warmup_fraction": 0.125},
     "mwf01875": {"max_warmup_fraction": 0.1875},
     "mwf00625": {"max_warmup_fraction": 0.0625},
+    # A guard after the switch (experiments/post_switch_guard.py): the params back to the
+    # loss EMA's lowest point and the rest of the decay at half the LR once the EMA has
+    # doubled; alone, and with the 5-epoch cap above.
+    "guard": {"post_switch_guard": 2.0},
+    "mwf0125guard": {"max_warmup_fraction": 0.125, "post_switch_guard": 2.0},
+    "mwf00625guard": {"max_warmup_fraction": 0.0625, "post_switch_guard": 2.0},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]

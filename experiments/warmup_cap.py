@@ -1,18 +1,20 @@
-"""A maximal warmup capped in epochs: why the warmup stays a fraction of the budget.
+"""A maximal warmup capped in epochs, with and without a guard after the switch.
 
-``python -m experiments.warmup_cap`` (about 2 minutes on 2 CPU cores) writes
+``python -m experiments.warmup_cap`` (about 3 minutes on 2 CPU cores) writes
 ``experiments/results/warmup_cap.md``. The maximal warmup is ``max_warmup_fraction``
 (0.25) of the budget, so a longer budget ramps more slowly. Capped at 5 epochs (the
 20-epoch runs' 0.25 x 20), a longer budget would warm up exactly as a 20-epoch run does
 and only lengthen the decay. Two measurements, both with the library as it is (the cap is
-``max_warmup_fraction = 5 / epochs``):
+``max_warmup_fraction = 5 / epochs``; the guard is the experiments-side wrapper
+:func:`experiments.post_switch_guard.post_switch_guard`):
 
 * Fashion-MNIST MLP, the suite's long cases (read from ``suite_runs.jsonl``: the
-  defaults against candidates ``mwf0125`` / ``mwf01875`` / ``mwf00625``, 3 seeds; run
-  them with ``python -m experiments.suite --cases ... --methods autowu:mwf0125``);
+  defaults against candidates ``mwf0125`` / ``mwf01875`` / ``mwf00625``, ``guard`` and
+  ``mwf0125guard`` / ``mwf00625guard``, 3 seeds; run them with
+  ``python -m experiments.suite --cases ... --methods autowu:mwf0125``);
 * the closed-loop toy of ``tests/test_closed_loop.py`` (a ReLU student of a ReLU
   teacher, LAMB, 16 steps an epoch), 12 seeds at 20 and 100 epochs, with and without
-  the cap, against the best peak of a warmup + cosine grid (2 seeds).
+  the cap and the guard, against the best peak of a warmup + cosine grid (2 seeds).
 """
 
 import importlib.util
@@ -30,14 +32,16 @@ import optax_autolr as oa
 from experiments import cli
 from experiments import report
 from experiments.machine import machine_info
+from experiments.post_switch_guard import post_switch_guard
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_EPOCHS = 5.0
 SEEDS = 12
 # (case, its epochs, the candidates that cap its warmup) in the suite.
-SUITE = [("mlp_lamb_b4096_e40", 40, ["mwf0125", "mwf01875"]),
-         ("mlp_lamb_b4096_e80", 80, ["mwf00625"]),
-         ("mlp_adamw_b4096_e40", 40, ["mwf0125"])]
+SUITE = [("mlp_lamb_b4096_e40", 40, ["mwf0125", "mwf01875", "guard", "mwf0125guard",
+                                    "mwf00625guard"]),
+         ("mlp_lamb_b4096_e80", 80, ["mwf00625", "guard", "mwf00625guard", "mwf0125guard"]),
+         ("mlp_adamw_b4096_e40", 40, ["mwf0125", "guard", "mwf0125guard"])]
 
 
 def _toy():
@@ -50,33 +54,39 @@ def _toy():
 
 
 def toy_rows(log=print) -> list[list[str]]:
-  """Per budget and warmup: restart LRs, final losses, runs far above the grid's best."""
+  """Per budget, warmup and guard: restarts, final losses, runs far above the grid's best."""
   toy = _toy()
   spe = toy.STEPS_PER_EPOCH
+  default = oa.DEFAULTS["max_warmup_fraction"]
   rows = []
   for epochs in (20, 100):
     total = spe * epochs
     grid = np.mean([np.asarray(toy._cosine_grid(epochs, s)) for s in (0, 1)], axis=0)
     best = float(np.min(grid))
-    default = oa.DEFAULTS["max_warmup_fraction"]
-    for name, fraction in (("0.25 of the budget (default)", default),
-                           (f"capped at {CAP_EPOCHS:g} epochs", CAP_EPOCHS / epochs)):
-      if fraction >= default and name.startswith("capped"):
+    for capped, guard in ((False, False), (True, False), (False, True), (True, True)):
+      fraction = min(default, CAP_EPOCHS / epochs) if capped else default
+      if capped and fraction == default:
         continue  # The cap does not bind.
       tx = oa.autowu_lamb(total, spe, max_warmup_fraction=fraction)
+      if guard:
+        tx = post_switch_guard(tx)
       run = jax.jit(lambda s, tx=tx, total=total: toy._train(tx, total, s))
-      finals, restarts = [], []
+      finals, restarts, firings = [], [], 0
       for seed in range(SEEDS):
         final, state = run(seed)
         finals.append(float(final))
         restarts.append(oa.get_metrics(state)["restart_lr"])
+        firings += int(state.firings > 0) if guard else 0
       finals = np.asarray(finals)
       far = int(np.sum(~(finals <= 100.0 * best)))
-      log(f"  {epochs} epochs, {name}: restart {min(restarts):.3g}-{max(restarts):.3g}, "
-          f"{far} of {SEEDS} above 100x the grid's best")
-      rows.append([epochs, name, int(fraction * total),
-                   f"{min(restarts):.3g} - {max(restarts):.3g}",
-                   f"{np.median(finals):.2e}", f"{best:.2e}", f"{far} of {SEEDS}"])
+      name = (f"capped at {CAP_EPOCHS:g} epochs" if capped else "0.25 of the budget (default)")
+      log(f"  {epochs} epochs, {name}, guard {guard}: restart "
+          f"{min(restarts):.3g}-{max(restarts):.3g}, {far} of {SEEDS} above 100x the "
+          f"grid's best, guard fired in {firings}")
+      rows.append([epochs, name, int(fraction * total), "yes" if guard else "no",
+                   f"{min(restarts):.3g} - {max(restarts):.3g}", f"{np.median(finals):.2e}",
+                   f"{best:.2e}", f"{far} of {SEEDS}",
+                   f"{firings} of {SEEDS}" if guard else "-"])
   return rows
 
 
@@ -93,10 +103,11 @@ def suite_rows(runs_path: Path) -> list[list[str]]:
       if not got:
         continue
       acc = [100 * s["final_test_accuracy"] for s in got]
-      fraction = (oa.DEFAULTS["max_warmup_fraction"] if method == "autowu"
-                  else VARIANTS[method.split(":")[1]]["max_warmup_fraction"])
-      warm = fraction * epochs
-      rows.append([case, method, f"{warm:g}", len(got), f"{np.mean(acc):.2f}",
+      extra = VARIANTS[method.split(":")[1]] if ":" in method else {}
+      fraction = extra.get("max_warmup_fraction", oa.DEFAULTS["max_warmup_fraction"])
+      guard = "yes" if "post_switch_guard" in extra else "no"
+      rows.append([case, method, f"{fraction * epochs:g}", guard, len(got),
+                   f"{np.mean(acc):.2f}",
                    " / ".join(f"{a:.2f}" for a in acc),
                    " / ".join(f"{s['restart_lr']:.4f}" for s in got)])
   return rows
@@ -114,12 +125,14 @@ def main(argv: list[str] | None = None) -> Path:
   lines += [report.command_line(report.invocation("experiments.warmup_cap")),
             report.machine_line(machine_info()), f"- Date: {report.date_now()}", ""]
   lines += ["## Fashion-MNIST MLP, the suite's long cases (3 seeds, test accuracy %)", ""]
-  lines += report.table(["case", "method", "maximal warmup, epochs", "seeds", "mean",
+  lines += report.table(["case", "method", "maximal warmup, epochs", "guard after the switch",
+                         "seeds", "mean",
                          "per seed", "restart LR"],
                         suite_rows(report.RESULTS_DIR / "suite_runs.jsonl"))
   lines += ["", "## The closed-loop toy (`tests/test_closed_loop.py`), 12 seeds", ""]
-  lines += report.table(["epochs", "maximal warmup", "steps", "restart LR", "median final loss",
-                         "grid's best (warmup + cosine)", "runs > 100x the grid's best"],
+  lines += report.table(["epochs", "maximal warmup", "steps", "guard after the switch",
+                         "restart LR", "median final loss", "grid's best (warmup + cosine)",
+                         "runs > 100x the grid's best", "runs where the guard fired"],
                         toy_rows(log))
   path = report.write(out / "warmup_cap.md", lines, final_newline=True)
   log(f"wrote {path}")
