@@ -6,7 +6,8 @@ and keeps a copy of the params at the EMA's lowest point (taken every ``check_ev
 steps while the EMA is at a new low). When the EMA leaves its basin, above ``factor`` x
 its lowest value, the update returns the params to that copy and every later update is
 scaled by ``cut`` (the rest of the decay at ``cut`` x its LR; the optimizer's moments
-are kept). It may fire again, each time cutting once more.
+are kept); a non-finite loss fires it too. The EMA then starts again from the next loss,
+and the guard may fire again, each time cutting once more.
 
 The suite runs it as the ``post_switch_guard`` entry of a candidate's AutoWU keywords
 (``suite.VARIANTS``, e.g. ``guard``), which :mod:`experiments.schedules` takes out of the
@@ -29,7 +30,7 @@ class PostSwitchGuardState(NamedTuple):
   inner: Any
   count: jax.Array  # int32, updates done.
   ema: jax.Array  # float32, loss EMA since the switch (NaN before it, and after a firing).
-  ema_min: jax.Array  # float32, its lowest value (inf before the switch).
+  ema_min: jax.Array  # float32, the EMA when the copy was taken (inf before the first).
   scale: jax.Array  # float32, the updates' factor: 1, times ``cut`` per firing.
   firings: jax.Array  # int32.
   snapshot: Any  # The params at the EMA's lowest check.
