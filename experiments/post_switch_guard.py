@@ -69,8 +69,7 @@ def post_switch_guard(tx: optax.GradientTransformationExtraArgs, *, factor: floa
       raise ValueError("post_switch_guard needs params")
     updates, inner = tx.update(updates, state.inner, params, value=value, **extra)
     t = state.count
-    after = ((optax.tree_utils.tree_get(inner, "phase") == oa.DECAY)
-             & (t > optax.tree_utils.tree_get(inner, "switch_step")))
+    after = (oa.get_phase(inner) == oa.DECAY) & (t > oa.get_switch(inner)[0])
     loss = jnp.asarray(value, jnp.float32)
     ema = jnp.where(jnp.isnan(state.ema), loss,
                     _EMA_DECAY * state.ema + (1.0 - _EMA_DECAY) * loss)

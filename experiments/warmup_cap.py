@@ -18,7 +18,6 @@ and only lengthen the decay. Two measurements, both with the library as it is (t
 """
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -92,9 +91,10 @@ def toy_rows(log=print) -> list[list[str]]:
 
 def suite_rows(runs_path: Path) -> list[list[str]]:
   """The suite's long cases: defaults against the capped candidates (3 seeds each)."""
+  from experiments.compare import load_runs  # noqa: PLC0415
   from experiments.suite import VARIANTS, library_version  # noqa: PLC0415
   lib = library_version()
-  runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
+  runs = load_runs(runs_path)
   rows = []
   for case, epochs, variants in SUITE:
     for method in ["autowu", *(f"autowu:{v}" for v in variants)]:

@@ -57,7 +57,6 @@ def test_a_blow_up_after_the_switch_goes_back_to_the_lowest_check_and_halves():
 
 
 def test_no_firing_before_the_switch():
-  (_, state), _ = _run(post_switch_guard(_chain()), spike=False)
   early = post_switch_guard(optax.chain(optax.scale(-1.0), oa.autowu(T, SPE)))
 
   @jax.jit
