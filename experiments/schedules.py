@@ -65,7 +65,6 @@ import optax
 from optax import contrib
 
 import optax_autolr
-from experiments import post_switch_guard as post_switch_guard_lib
 
 __all__ = [
     "SCHEDULES",
@@ -234,12 +233,8 @@ class Built(NamedTuple):
 
 
 def _autowu(make: Callable[..., Any], base: str, a: OptimizerArgs) -> Built:
-  kwargs = dict(a.autowu_kwargs)
-  guard = kwargs.pop("post_switch_guard", None)  # A candidate (experiments only).
   tx = make(a.total_steps, a.steps_per_epoch, weight_decay=a.weight_decay,
-            mask=decay_mask, **kwargs)
-  if guard is not None:
-    tx = post_switch_guard_lib.post_switch_guard(tx, factor=guard)
+            mask=decay_mask, **a.autowu_kwargs)
   hp = dict(base=base, weight_decay=a.weight_decay, autowu_kwargs=a.autowu_kwargs)
   return Built(tx, hp, _autowu_lr_fn, needs_value=True, is_autowu=True)
 
@@ -368,9 +363,7 @@ def make_optimizer(
       (warmup-cosine/-linear and Schedule-Free), in ``[0, 1)``.
     weight_decay: decoupled weight-decay rate (see the module docstring).
     autowu_kwargs: keyword arguments for :func:`optax_autolr.autowu`
-      (``autowu_*`` schedules only; an error for the others), but
-      ``post_switch_guard=factor``, a candidate, wraps the chain in
-      :func:`experiments.post_switch_guard.post_switch_guard` instead.
+      (``autowu_*`` schedules only; an error for the others).
 
   Returns:
     ``(tx, needs_value, info)``; see the module docstring.

@@ -814,8 +814,10 @@ def _resume(s: Setup, ckpt: _Checkpointer, hist: dict[str, list], metrics_path: 
 
 
 def _switch_and_posterior(s: Setup, plot: bool) -> tuple[dict[str, Any], dict | None]:
-  """AutoWU's switch (step, restart LR, reason) and, for the plot, the GP posterior."""
-  switch: dict[str, Any] = {"switch_step": None, "restart_lr": None, "switch_reason": None}
+  """AutoWU's switch (step, restart LR, reason), the decay guard's LR factor (1: it never
+  fired) and, for the plot, the GP posterior."""
+  switch: dict[str, Any] = {"switch_step": None, "restart_lr": None, "switch_reason": None,
+                            "decay_scale": None}
   if not s.info.is_autowu:
     return switch, None
   pure_opt = nnx.as_pure(nnx.merge(s.gd_opt, s.opt_state).opt_state)
@@ -825,6 +827,7 @@ def _switch_and_posterior(s: Setup, plot: bool) -> tuple[dict[str, Any], dict | 
       "switch_step": int(s_step) if int(s_step) >= 0 else None,
       "restart_lr": float(r_lr) if int(s_step) >= 0 else None,
       "switch_reason": optax_autolr.SWITCH_REASONS[int(reason)],
+      "decay_scale": optax_autolr.get_metrics(pure_opt)["decay_scale"],
   }
   posterior = None
   if plot:  # The posterior is only drawn, never reported.

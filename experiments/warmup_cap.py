@@ -1,23 +1,26 @@
-"""A maximal warmup capped in epochs, with and without a guard after the switch.
+"""The maximal warmup capped in epochs, with and without the decay guard.
 
 ``python -m experiments.warmup_cap`` (about 3 minutes on 2 CPU cores) writes
 ``experiments/results/warmup_cap.md``. The maximal warmup is ``max_warmup_fraction``
-(0.25) of the budget, so a longer budget ramps more slowly. Capped at 5 epochs (the
-20-epoch runs' 0.25 x 20), a longer budget would warm up exactly as a 20-epoch run does
-and only lengthen the decay. Two measurements, both with the library as it is (the cap is
-``max_warmup_fraction = 5 / epochs``; the guard is the experiments-side wrapper
-:func:`experiments.post_switch_guard.post_switch_guard`):
+(0.25) of the budget, at most ``max_warmup_epochs`` (5, the 20-epoch runs' 0.25 x 20):
+past 20 epochs a longer budget warms up exactly as a 20-epoch run does and only
+lengthens the decay. The decay guard (``decay_guard``) returns the params to a copy at
+the loss's lowest point and halves the rest of the decay when the loss leaves its basin
+after the switch. Two measurements:
 
-* Fashion-MNIST MLP, the suite's long cases (read from ``suite_runs.jsonl``: the
-  defaults against candidates ``mwf0125`` / ``mwf01875`` / ``mwf00625``, ``guard`` and
-  ``mwf0125guard`` / ``mwf00625guard``, 3 seeds; run them with
-  ``python -m experiments.suite --cases ... --methods autowu:mwf0125``);
+* Fashion-MNIST MLP, the suite's long cases (read from ``suite_runs.jsonl``, 3 seeds):
+  the library's defaults now and, on library ``8f939b7102db`` (before the cap and the
+  guard were defaults), its defaults and the candidates that capped the warmup
+  (``max_warmup_fraction = 5 / epochs``, then ``mwf0125`` / ``mwf01875`` / ``mwf00625``)
+  and the experiments-side guard that became ``decay_guard`` (``guard``,
+  ``mwf0125guard``, ``mwf00625guard``); each row names its library version;
 * the closed-loop toy of ``tests/test_closed_loop.py`` (a ReLU student of a ReLU
   teacher, LAMB, 16 steps an epoch), 12 seeds at 20 and 100 epochs, with and without
   the cap and the guard, against the best peak of a warmup + cosine grid (2 seeds).
 """
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -31,12 +34,15 @@ import optax_autolr as oa
 from experiments import cli
 from experiments import report
 from experiments.machine import machine_info
-from experiments.post_switch_guard import post_switch_guard
 
 ROOT = Path(__file__).resolve().parent.parent
-CAP_EPOCHS = 5.0
 SEEDS = 12
-# (case, its epochs, the candidates that cap its warmup) in the suite.
+BEFORE = "8f939b7102db"  # The library before the cap and the guard were defaults.
+# Candidates run on library BEFORE: (maximal warmup fraction or None: 0.25, guard).
+HISTORY = {"mwf0125": (0.125, False), "mwf01875": (0.1875, False),
+           "mwf00625": (0.0625, False), "guard": (None, True),
+           "mwf0125guard": (0.125, True), "mwf00625guard": (0.0625, True)}
+# (case, its epochs, the candidates run on library BEFORE) in the suite.
 SUITE = [("mlp_lamb_b4096_e40", 40, ["mwf0125", "mwf01875", "guard", "mwf0125guard",
                                     "mwf00625guard"]),
          ("mlp_lamb_b4096_e80", 80, ["mwf00625", "guard", "mwf00625guard", "mwf0125guard"]),
@@ -56,33 +62,34 @@ def toy_rows(log=print) -> list[list[str]]:
   """Per budget, warmup and guard: restarts, final losses, runs far above the grid's best."""
   toy = _toy()
   spe = toy.STEPS_PER_EPOCH
-  default = oa.DEFAULTS["max_warmup_fraction"]
+  fraction, cap = oa.DEFAULTS["max_warmup_fraction"], oa.DEFAULTS["max_warmup_epochs"]
   rows = []
   for epochs in (20, 100):
     total = spe * epochs
     grid = np.mean([np.asarray(toy._cosine_grid(epochs, s)) for s in (0, 1)], axis=0)
     best = float(np.min(grid))
     for capped, guard in ((False, False), (True, False), (False, True), (True, True)):
-      fraction = min(default, CAP_EPOCHS / epochs) if capped else default
-      if capped and fraction == default:
+      if capped and fraction * epochs <= cap:
         continue  # The cap does not bind.
-      tx = oa.autowu_lamb(total, spe, max_warmup_fraction=fraction)
-      if guard:
-        tx = post_switch_guard(tx)
+      tx = oa.autowu_lamb(total, spe, max_warmup_epochs=cap if capped else math.inf,
+                          decay_guard=oa.DEFAULTS["decay_guard"] if guard else math.inf)
+      warmup_steps = int(min(fraction * epochs, cap if capped else math.inf) * spe)
       run = jax.jit(lambda s, tx=tx, total=total: toy._train(tx, total, s))
       finals, restarts, firings = [], [], 0
       for seed in range(SEEDS):
         final, state = run(seed)
         finals.append(float(final))
         restarts.append(oa.get_metrics(state)["restart_lr"])
-        firings += int(state.firings > 0) if guard else 0
+        firings += int(oa.find_autowu_state(state).decay_scale < 1.0)
       finals = np.asarray(finals)
       far = int(np.sum(~(finals <= 100.0 * best)))
-      name = (f"capped at {CAP_EPOCHS:g} epochs" if capped else "0.25 of the budget (default)")
+      name = (f"0.25 of the budget, at most {cap:g} epochs" if capped
+              else "0.25 of the budget")
+      name += " (default)" if capped and guard else ""
       log(f"  {epochs} epochs, {name}, guard {guard}: restart "
           f"{min(restarts):.3g}-{max(restarts):.3g}, {far} of {SEEDS} above 100x the "
           f"grid's best, guard fired in {firings}")
-      rows.append([epochs, name, int(fraction * total), "yes" if guard else "no",
+      rows.append([epochs, name, warmup_steps, "yes" if guard else "no",
                    f"{min(restarts):.3g} - {max(restarts):.3g}", f"{np.median(finals):.2e}",
                    f"{best:.2e}", f"{far} of {SEEDS}",
                    f"{firings} of {SEEDS}" if guard else "-"])
@@ -90,23 +97,27 @@ def toy_rows(log=print) -> list[list[str]]:
 
 
 def suite_rows(runs_path: Path) -> list[list[str]]:
-  """The suite's long cases: defaults against the capped candidates (3 seeds each)."""
+  """The suite's long cases: the defaults now, and the defaults and the candidates on
+  library ``BEFORE`` (3 seeds each)."""
   from experiments.compare import load_runs  # noqa: PLC0415
-  from experiments.suite import VARIANTS, library_version  # noqa: PLC0415
-  lib = library_version()
+  from experiments.suite import library_version  # noqa: PLC0415
+  now = library_version()
   runs = load_runs(runs_path)
+  default = oa.DEFAULTS["max_warmup_fraction"]
   rows = []
   for case, epochs, variants in SUITE:
-    for method in ["autowu", *(f"autowu:{v}" for v in variants)]:
+    plan = [("autowu", now, min(default * epochs, oa.DEFAULTS["max_warmup_epochs"]), True),
+            ("autowu", BEFORE, default * epochs, False)]
+    plan += [(f"autowu:{v}", BEFORE, (HISTORY[v][0] or default) * epochs, HISTORY[v][1])
+             for v in variants]
+    for method, lib, warmup_epochs, guard in plan:
       got = [r["summary"] for r in runs if r["case"] == case and r["method"] == method
              and r.get("status") == "ok" and r.get("library_version") == lib]
       if not got:
         continue
       acc = [100 * s["final_test_accuracy"] for s in got]
-      extra = VARIANTS[method.split(":")[1]] if ":" in method else {}
-      fraction = extra.get("max_warmup_fraction", oa.DEFAULTS["max_warmup_fraction"])
-      guard = "yes" if "post_switch_guard" in extra else "no"
-      rows.append([case, method, f"{fraction * epochs:g}", guard, len(got),
+      rows.append([case, method, f"`{lib}`" + (" (now)" if lib == now else ""),
+                   f"{warmup_epochs:g}", "yes" if guard else "no", len(got),
                    f"{np.mean(acc):.2f}",
                    " / ".join(f"{a:.2f}" for a in acc),
                    " / ".join(f"{s['restart_lr']:.4f}" for s in got)])
@@ -121,11 +132,13 @@ def main(argv: list[str] | None = None) -> Path:
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   out = report.results_dir(args.out_dir, "warmup_cap", quick=False)
   log = report.logger("warmup_cap")
-  lines = report.header("A maximal warmup capped in epochs (`experiments/warmup_cap.py`)")
+  lines = report.header("The maximal warmup capped in epochs, and the decay guard "
+                        "(`experiments/warmup_cap.py`)")
   lines += [report.command_line(report.invocation("experiments.warmup_cap")),
             report.machine_line(machine_info()), f"- Date: {report.date_now()}", ""]
   lines += ["## Fashion-MNIST MLP, the suite's long cases (3 seeds, test accuracy %)", ""]
-  lines += report.table(["case", "method", "maximal warmup, epochs", "guard after the switch",
+  lines += report.table(["case", "method", "library", "maximal warmup, epochs",
+                         "guard after the switch",
                          "seeds", "mean",
                          "per seed", "restart LR"],
                         suite_rows(report.RESULTS_DIR / "suite_runs.jsonl"))

@@ -15,7 +15,7 @@ T, SPE = 2000, 100
 # The synthetic curves below are laid out for the paper's warmup (1e-5 over
 # half the budget); the library's other defaults (valley restart, descent
 # gate, spike cap) stay on.
-PAPER = dict(min_lr=1e-5, max_warmup_fraction=0.5)
+PAPER = dict(min_lr=1e-5, max_warmup_fraction=0.5, max_warmup_epochs=math.inf)
 WARMUP_STEPS = T // 2
 MIN_LR = oa.DEFAULTS['min_lr']
 
@@ -108,7 +108,7 @@ def _lr_trajectory(tx, num_steps, loss_fn=lambda t: 10.0 - 1e-3 * t):
 def test_warmup_and_decay_values_are_exact(warmup, decay):
   total, tw = 400, 200
   tx = oa.autowu(total, 20, warmup=warmup, min_lr=1e-4, max_lr=0.5,
-                 max_warmup_fraction=0.5, decay=decay)
+                 max_warmup_fraction=0.5, max_warmup_epochs=10, decay=decay)
   state, (lrs, phases) = _lr_trajectory(tx, total + 10)
   t = np.arange(tw)
   if warmup == 'exp':
@@ -233,10 +233,17 @@ def test_messages_name_the_argument_and_the_range():
   assert str(e.value) == (
       '`steps_per_epoch` must be an integer in [1, 100], got 200.')
   with pytest.raises(ValueError) as e:
-    oa.autowu(1000, 10, test_every=600)  # Maximal warmup: 250 steps.
-  assert str(e.value) == '`test_every` must be an integer in [1, 250], got 600.'
+    oa.autowu(1000, 10, test_every=600)  # Maximal warmup: 5 epochs, 50 steps.
+  assert str(e.value) == '`test_every` must be an integer in [1, 50], got 600.'
   with pytest.raises(ValueError, match=r'in \(0.0, 1.0\), got 1.5'):
     oa.autowu(1000, 10, max_warmup_fraction=1.5)
+  with pytest.raises(ValueError, match=r'`max_warmup_epochs` must be in'):
+    oa.autowu(1000, 10, max_warmup_epochs=0.0)
+  # The cap is never below 40 steps (one test a step): full-batch training.
+  assert oa.autowu(10000, 1).init(None).warmup_steps == 40
+  assert oa.autowu(10000, 1, max_warmup_epochs=0.05).init(None).warmup_steps == 40
+  assert oa.autowu(100, 1).init(None).warmup_steps == 25  # 0.25 x T.
+  assert oa.default_test_every(10000, 1) == 1
 
 
 def test_warmup_too_short_for_any_test_warns():
@@ -360,7 +367,8 @@ def test_state_is_flat_named_scalars_and_the_window():
                                     'snapshot', 'gp_adam')
   assert oa.STATS == ('positives', 'argmin', 'loss_ema', 'ema_min',
                       'spike_lr', 'last_loss', 'diff_ema', 'coherence_sum',
-                      'coherence_count', 'restart_estimate', 'snapshot_step')
+                      'coherence_count', 'restart_estimate', 'snapshot_step',
+                      'decay_ema', 'decay_low', 'decay_scale')
   assert oa.INT_CONSTANTS + oa.FLOAT_CONSTANTS == (
       'total_steps', 'warmup_steps', 'grid_size', 'gp_fit_steps',
       'lengthscale', 'noise_floor', 'min_descent', 'valley_level',
@@ -374,7 +382,8 @@ def test_state_is_flat_named_scalars_and_the_window():
   assert len(jax.tree.leaves(state)) == 15 + 1
   many = tx.init({f'w{i}': jnp.zeros((3, i + 1)) for i in range(40)})
   assert len(jax.tree.leaves(many)) == 15 + 40
-  no_rollback = oa.autowu(200, 10, window_size=16, rollback=False)
+  no_rollback = oa.autowu(200, 10, window_size=16, rollback=False,
+                          decay_guard=math.inf)
   assert len(jax.tree.leaves(no_rollback.init(many.snapshot))) == 15
   assert many.grad_sample.shape == (sum(3 * (i + 1) for i in range(40)),)
   for name in SCALAR_FIELDS:
@@ -418,11 +427,13 @@ def test_state_is_flat_named_scalars_and_the_window():
 def test_authors_rule_keeps_the_papers_values():
   """Under the authors' rule the None-default arguments take the paper's."""
   preset = dict(test_every=SPE, divergence_factor=None)
-  paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5, decay='cosine',
+  paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5,
+               max_warmup_epochs=math.inf, decay='cosine',
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
                minimum_after=1.0, coherence_threshold=-1.0,
-               rewarm_fraction=0.0, rollback=False, gp_fit='adam')
+               rewarm_fraction=0.0, rollback=False, decay_guard=math.inf,
+               gp_fit='adam')
   curve = lambda t: 1.0 + ((t - 300.0) / 200.0)**2
   a, (lrs_a, _) = _lr_trajectory(oa.autowu(T, SPE, **preset), T, curve)
   b, (lrs_b, _) = _lr_trajectory(oa.autowu(T, SPE, **paper), T, curve)
@@ -616,8 +627,10 @@ def test_rollback_returns_the_params_to_the_snapshot_at_the_switch():
   (the test trails the LR reached), before the LRs the warmup went on to;
   every other update is the one without rollback."""
   assert oa.DEFAULTS['rollback'] is True and oa.AUTHORS['rollback'] is False
-  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE))
-  off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False))
+  # The loss stream rises after the switch: the decay guard is off in both.
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, decay_guard=math.inf))
+  off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False,
+                                                decay_guard=math.inf))
   before, updates, state = _rollback_run(tx, _u_in_time)
   _, plain_updates, plain = _rollback_run(off, _u_in_time)
   switch, snap = int(state.switch_step), int(state.snapshot_step)
@@ -667,7 +680,8 @@ def test_rollback_needs_the_params_and_a_bool():
     tx.update({'w': jnp.ones(3)}, state, value=1.0)
   with pytest.raises(TypeError, match='rollback'):
     oa.autowu(T, SPE, rollback=1)
-  assert oa.autowu(T, SPE, rollback=False).init({'w': jnp.ones(3)}).snapshot is None
+  assert oa.autowu(T, SPE, rollback=False, decay_guard=math.inf).init(
+      {'w': jnp.ones(3)}).snapshot is None
 
 
 def test_rollback_snapshot_keeps_the_params_dtypes_under_scan():

@@ -35,7 +35,8 @@ def _run(tx, losses):
     {}, {'noise_floor': 0.05, 'lengthscale': 0.3, 'grid_size': 64},
     {'min_descent': 3.0, 'valley_level': 0.05}])
 def test_posterior_reproduces_the_switch_decision(kwargs):
-  state = _run(oa.autowu(1000, 20, test_every=5, **kwargs), _u_losses())
+  state = _run(oa.autowu(1000, 20, test_every=5, max_warmup_epochs=math.inf,
+                        **kwargs), _u_losses())
   assert int(state.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
   steps, result = oa.loss_curve_posterior(state)
   # Same constants as the transformation, read from the state: same numbers.
@@ -58,7 +59,8 @@ def test_posterior_under_jit_needs_explicit_constants():
 
 
 def test_metrics_for_logging():
-  state = _run(oa.autowu(1000, 20, test_every=5), _u_losses())
+  state = _run(oa.autowu(1000, 20, test_every=5, max_warmup_epochs=math.inf),
+               _u_losses())
   m = oa.get_metrics(optax.chain(optax.identity()).init(None) + (state,))
   assert m['phase'] == 'decay'
   assert m['switch_reason'] == 'confident minimum'
@@ -68,15 +70,18 @@ def test_metrics_for_logging():
   assert m['restart_lr'] == pytest.approx(float(state.restart_lr))
   assert set(m) == {'step', 'lr', 'phase', 'probability', 'positives',
                     'switch_step', 'restart_lr', 'switch_reason',
-                    'gradient_coherence', 'snapshot_step'}
+                    'gradient_coherence', 'snapshot_step', 'decay_scale'}
   assert math.isnan(m['gradient_coherence'])  # No `gradients=` given.
   # A snapshot before the switch, or -1 where no rollback took place.
   assert isinstance(m['snapshot_step'], int)
   assert -1 <= m['snapshot_step'] < m['switch_step']
+  # The U-shaped stream keeps rising after the switch: the decay guard fired.
+  assert m['decay_scale'] == float(state.decay_scale) < 1.0
 
 
 def test_repr_shows_named_values():
-  state = _run(oa.autowu(1000, 20, test_every=5), _u_losses())
+  state = _run(oa.autowu(1000, 20, test_every=5, max_warmup_epochs=math.inf),
+               _u_losses())
   text = repr(state)
   assert text.startswith('AutoWUState(count=400, phase=\'decay\'')
   assert "switch_reason='confident minimum'" in text
@@ -107,12 +112,13 @@ def test_two_autowu_states_need_a_path():
 
 def test_restoring_into_another_budget_warns():
   params = {'w': jnp.zeros(2)}
-  old = optax.chain(optax.lamb(1.0), oa.autowu(1000, 10)).init(params)
-  same = optax.chain(optax.lamb(1.0), oa.autowu(1000, 10)).init(params)
+  # 10 and 20 epochs: maximal warmups of 250 and 500 steps (5 epochs).
+  old = optax.chain(optax.lamb(1.0), oa.autowu(1000, 100)).init(params)
+  same = optax.chain(optax.lamb(1.0), oa.autowu(1000, 100)).init(params)
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     assert oa.check_restored(old, same) == []
-  new_tx = optax.chain(optax.lamb(1.0), oa.autowu(2000, 10))
+  new_tx = optax.chain(optax.lamb(1.0), oa.autowu(2000, 100))
   with pytest.warns(UserWarning, match='total_steps: state 1000'):
     diffs = oa.check_restored(old, new_tx.init(params))
   assert any('warmup_steps' in d for d in diffs)
@@ -136,8 +142,8 @@ def test_a_dict_state_of_an_older_version_is_found_and_named():
 
 def test_a_dict_state_with_packed_constants_is_read():
   """An Orbax restore without a target of the current state."""
-  old = oa.autowu(1000, 10).init(None)._asdict()
-  fresh = oa.autowu(2000, 10).init(None)
+  old = oa.autowu(1000, 100).init(None)._asdict()
+  fresh = oa.autowu(2000, 100).init(None)
   with pytest.warns(UserWarning, match='total_steps: state 1000, transformation 2000'):
     diffs = oa.check_restored({'opt': old}, fresh)
   assert len(diffs) == 2, diffs  # total_steps and warmup_steps.

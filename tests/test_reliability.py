@@ -6,6 +6,7 @@ streams as arrays; windows and grids are small.
 """
 
 import functools
+import math
 
 import chex
 import hypothesis
@@ -32,13 +33,21 @@ CONFIGS = {
     # The library's rule on the paper's warmup (the loss streams below are
     # laid out for 1e-5 over half the budget), without the knee rule: it
     # reads the log loss, so it is invariant to scale but not to shift (see
-    # test_knee_rule_is_scale_invariant_and_off_for_negative_losses).
-    'default': dict(min_lr=MIN_LR, max_warmup_fraction=0.5, knee_slope=0.0),
-    'knee': dict(min_lr=MIN_LR, max_warmup_fraction=0.5),
+    # test_knee_rule_is_scale_invariant_and_off_for_negative_losses). The
+    # streams do not answer the LR, so the decay guard is off but in
+    # 'guard' (see test_decay_guard_fires_once_on_a_non_finite_loss).
+    'default': dict(min_lr=MIN_LR, max_warmup_fraction=0.5,
+                    max_warmup_epochs=math.inf, knee_slope=0.0,
+                    decay_guard=math.inf),
+    'guard': dict(min_lr=MIN_LR, max_warmup_fraction=0.5,
+                  max_warmup_epochs=math.inf, knee_slope=0.0),
+    'knee': dict(min_lr=MIN_LR, max_warmup_fraction=0.5,
+                 max_warmup_epochs=math.inf, decay_guard=math.inf),
     'authors': dict(test_every=SPE, divergence_factor=None),
     'linear': dict(warmup='linear', decay='constant_cosine', min_lr=1e-3,
                    max_lr=0.1, patience=1, confidence=0.6,
-                   divergence_factor=1.5, max_warmup_fraction=0.5),
+                   divergence_factor=1.5, max_warmup_fraction=0.5,
+                   max_warmup_epochs=math.inf, decay_guard=math.inf),
 }
 
 
@@ -75,12 +84,14 @@ def _u_curve(n=N, bottom=60, seed=0):
   return u + 0.01 * np.random.default_rng(seed).standard_normal(n)
 
 
-_INF_UNTIL_SET = ('ema_min', 'spike_lr', 'restart_estimate')
+_INF_UNTIL_SET = ('ema_min', 'spike_lr', 'restart_estimate', 'decay_ema',
+                  'decay_low')
 
 
 def _assert_state_finite(state):
-  """Every value is finite; ``ema_min``, ``spike_lr`` and
-  ``restart_estimate`` may still be their initial ``+inf``."""
+  """Every value is finite; ``ema_min``, ``spike_lr``,
+  ``restart_estimate``, ``decay_ema`` and ``decay_low`` may be ``+inf``
+  (not set yet, or reset by the decay guard)."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     name = jax.tree_util.keystr(path)
     leaf = np.asarray(leaf)
@@ -158,6 +169,24 @@ def test_non_finite_losses_after_the_switch_change_nothing(u_reference):
   _assert_state_finite(states)
   np.testing.assert_array_equal(states.lr, ref_states.lr)
   chex.assert_trees_all_equal(state.window, ref.window)
+
+
+def test_decay_guard_fires_once_on_a_non_finite_loss():
+  # The U-curve's rise after the switch is slow (the EMA stays below twice
+  # its low until step ~145); a NaN loss at 110 fires the guard there, once.
+  clean, clean_states = _run(_u_curve()[:140], 'guard')
+  switch = int(clean.switch_step)
+  assert switch < 100 and float(clean.decay_scale) == 1.0
+  assert np.isfinite(float(clean.decay_low))  # A copy was kept.
+  losses = _u_curve()[:140]
+  losses[110] = np.nan
+  state, states = _run(losses, 'guard')
+  _assert_state_finite(states)
+  lr, clean_lr = np.asarray(states.lr), np.asarray(clean_states.lr)
+  np.testing.assert_array_equal(lr[:110], clean_lr[:110])
+  np.testing.assert_allclose(lr[110:], 0.5 * clean_lr[110:], rtol=1e-6)
+  assert float(state.decay_scale) == 0.5
+  assert float(state.switch_step) == switch
 
 
 def test_guard_off_skips_non_finite_losses():
@@ -256,7 +285,8 @@ TARGET = np.array([1.0, -2.0, 3.0, 0.5], np.float32)
 
 def _chain():
   return optax.chain(optax.lamb(1.0),
-                     oa.autowu(CHAIN_T, CHAIN_SPE, **SMALL))
+                     oa.autowu(CHAIN_T, CHAIN_SPE, **SMALL,
+                               max_warmup_epochs=math.inf))  # The stream's.
 
 
 def _params():
