@@ -85,7 +85,7 @@ def toy_rows(log=print) -> list[list[str]]:
       far = int(np.sum(~(finals <= 100.0 * best)))
       name = (f"0.25 of the budget, at most {cap:g} epochs" if capped
               else "0.25 of the budget")
-      name += " (default)" if capped and guard else ""
+      name += " (default)" if guard and (capped or fraction * epochs <= cap) else ""
       log(f"  {epochs} epochs, {name}, guard {guard}: restart "
           f"{min(restarts):.3g}-{max(restarts):.3g}, {far} of {SEEDS} above 100x the "
           f"grid's best, guard fired in {firings}")
