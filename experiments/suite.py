@@ -116,7 +116,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "guard": {"decay_guard": 2.0},
     "mwf0125guard": {"max_warmup_fraction": 0.125, "decay_guard": 2.0},
     "mwf00625guard": {"max_warmup_fraction": 0.0625, "decay_guard": 2.0},
-    # Since library 8f9646c94d64: the defaults without the cap, without the guard.
+    # Since library 97031c38a247 (the cap and the guard are defaults; on it, guard and
+    # mwf*guard above equal the defaults or a tighter cap): the defaults without the cap,
+    # without the guard.
     "nocap": {"max_warmup_epochs": math.inf},
     "noguard": {"decay_guard": math.inf},
 }
