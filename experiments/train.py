@@ -821,13 +821,13 @@ def _switch_and_posterior(s: Setup, plot: bool) -> tuple[dict[str, Any], dict | 
   if not s.info.is_autowu:
     return switch, None
   pure_opt = nnx.as_pure(nnx.merge(s.gd_opt, s.opt_state).opt_state)
-  s_step, r_lr, reason = (np.asarray(v) for v in
-                          jax.device_get(optax_autolr.get_switch(pure_opt)))
+  m = optax_autolr.get_metrics(pure_opt)  # One read off the device.
+  switched = m["switch_step"] >= 0
   switch = {
-      "switch_step": int(s_step) if int(s_step) >= 0 else None,
-      "restart_lr": float(r_lr) if int(s_step) >= 0 else None,
-      "switch_reason": optax_autolr.SWITCH_REASONS[int(reason)],
-      "decay_scale": optax_autolr.get_metrics(pure_opt)["decay_scale"],
+      "switch_step": m["switch_step"] if switched else None,
+      "restart_lr": m["restart_lr"] if switched else None,
+      "switch_reason": m["switch_reason"],
+      "decay_scale": m["decay_scale"],
   }
   posterior = None
   if plot:  # The posterior is only drawn, never reported.

@@ -38,10 +38,6 @@ from experiments.machine import machine_info
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = 12
 BEFORE = "8f939b7102db"  # The library before the cap and the guard were defaults.
-# Candidates run on library BEFORE: (maximal warmup fraction or None: 0.25, guard).
-HISTORY = {"mwf0125": (0.125, False), "mwf01875": (0.1875, False),
-           "mwf00625": (0.0625, False), "guard": (None, True),
-           "mwf0125guard": (0.125, True), "mwf00625guard": (0.0625, True)}
 # (case, its epochs, the candidates run on library BEFORE) in the suite.
 SUITE = [("mlp_lamb_b4096_e40", 40, ["mwf0125", "mwf01875", "guard", "mwf0125guard",
                                     "mwf00625guard"]),
@@ -100,7 +96,7 @@ def suite_rows(runs_path: Path) -> list[list[str]]:
   """The suite's long cases: the defaults now, and the defaults and the candidates on
   library ``BEFORE`` (3 seeds each)."""
   from experiments.compare import load_runs  # noqa: PLC0415
-  from experiments.suite import library_version  # noqa: PLC0415
+  from experiments.suite import VARIANTS, library_version  # noqa: PLC0415
   now = library_version()
   runs = load_runs(runs_path)
   default = oa.DEFAULTS["max_warmup_fraction"]
@@ -108,8 +104,10 @@ def suite_rows(runs_path: Path) -> list[list[str]]:
   for case, epochs, variants in SUITE:
     plan = [("autowu", now, min(default * epochs, oa.DEFAULTS["max_warmup_epochs"]), True),
             ("autowu", BEFORE, default * epochs, False)]
-    plan += [(f"autowu:{v}", BEFORE, (HISTORY[v][0] or default) * epochs, HISTORY[v][1])
-             for v in variants]
+    # The candidates' keywords (suite.VARIANTS); on library BEFORE no guard but theirs.
+    plan += [(f"autowu:{v}", BEFORE,
+              VARIANTS[v].get("max_warmup_fraction", default) * epochs,
+              "decay_guard" in VARIANTS[v]) for v in variants]
     for method, lib, warmup_epochs, guard in plan:
       got = [r["summary"] for r in runs if r["case"] == case and r["method"] == method
              and r.get("status") == "ok" and r.get("library_version") == lib]
