@@ -181,7 +181,8 @@ class AutoWUState(NamedTuple):
     test step whose LR was at most 1.25 x ``restart_estimate``; -1 if
     none);
     after the switch, the step the params were rolled back to, -1 if they
-    were not;
+    were not (the decay guard's copies do not change it: its reference is
+    ``decay_low``);
   * ``decay_ema``, a short EMA of the finite losses after the switch
     (``inf`` before the step after it, after a non-finite loss and after
     each firing of the decay guard);
@@ -903,50 +904,47 @@ def _restart_lr(cfg: _Config, reason, t, t_data, argmin, non_finite,
 
 
 class _Rollback(NamedTuple):
-  snapshot: Any
+  take: jax.Array  # This step's params go into the snapshot.
   snapshot_step: jax.Array
   back: jax.Array  # This update returns the params to the snapshot.
 
 
-def _rollback(cfg: _Config, state: AutoWUState, t, params, is_test, estimate,
+def _rollback(cfg: _Config, state: AutoWUState, t, is_test, estimate,
               switch, restart) -> _Rollback:
-  """The params snapshot: kept along the warmup, restored at the switch.
+  """The warmup's use of the params snapshot: when to copy, when to go back.
 
   At each test step (``is_test``) the snapshot takes the params if the step's
   LR is at most ``_SNAPSHOT_MARGIN`` x the restart LR the last test would
   give (``estimate``); copying at the tests only keeps the params' copy off
   the other steps. A switch whose restart LR is below the LR of the last
   update (the warmup went past it), by at most ``_MAX_ROLLBACK_RATIO`` x the
-  snapshot's, returns the params to it. Without a snapshot (``rollback``
-  off, ``init(None)``) nothing is kept.
+  snapshot's, returns the params to it. With ``rollback`` off, or without a
+  snapshot (``init(None)``), it neither copies nor goes back.
   """
-  if state.snapshot is None or not cfg.rollback:  # The guard's copy only.
-    return _Rollback(state.snapshot, state.snapshot_step, jnp.zeros((), bool))
+  no = jnp.zeros((), bool)
+  if state.snapshot is None or not cfg.rollback:
+    return _Rollback(no, state.snapshot_step, no)
   take = (is_test & ~switch
           & (_warmup_lr(cfg, t) <= _SNAPSHOT_MARGIN * estimate))
-  snapshot = jax.lax.cond(
-      take, lambda: jax.tree.map(lambda p, s: p.astype(s.dtype), params,
-                                 state.snapshot),
-      lambda: state.snapshot)
   reached = _warmup_lr(cfg, jnp.maximum(t - 1, 0))  # The last update's.
   back = (switch & (state.snapshot_step >= 0) & (restart < reached)
           & (reached <= _MAX_ROLLBACK_RATIO
              * _warmup_lr(cfg, state.snapshot_step)))
   step = jnp.where(take, t, jnp.where(switch & ~back, -1,
                                       state.snapshot_step))
-  return _Rollback(snapshot, step, back)
+  return _Rollback(take, step, back)
 
 
 class _DecayGuard(NamedTuple):
   decay_ema: jax.Array
   decay_low: jax.Array
   decay_scale: jax.Array
-  snapshot: Any
+  take: jax.Array  # This step's params go into the snapshot.
   fire: jax.Array  # This update returns the params to the guard's copy.
 
 
-def _decay_guard(cfg: _Config, state: AutoWUState, t, loss, finite, params,
-                 snapshot) -> _DecayGuard:
+def _decay_guard(cfg: _Config, state: AutoWUState, t, loss,
+                 finite) -> _DecayGuard:
   """The decay guard: back to the copy when the loss leaves the basin.
 
   From the step after the switch, ``decay_ema`` smooths the loss (the
@@ -954,18 +952,27 @@ def _decay_guard(cfg: _Config, state: AutoWUState, t, loss, finite, params,
   a new low, the params are copied into the snapshot, idle after the switch,
   and ``decay_low`` takes its value. The guard fires when the EMA exceeds
   ``decay_low`` by ``decay_guard - 1`` x its size (``decay_guard`` x it for a
-  positive loss), or on a non-finite loss, once a copy is
-  kept: the update returns the params to the copy and the rest of the
-  decay runs at half its LR (``decay_scale``; the optimizer's moments are
-  not rolled back); the EMA starts again from the next loss, and the next
-  copy sets the reference afresh, so one blow-up halves the LR once, not at
-  every step until the loss is back. It selects
-  only, so until it fires every update is the one without it, bit for bit.
-  Without a snapshot (``init(None)``) a firing only cuts the LR.
+  positive loss), or on a non-finite loss, once a copy is kept: the update
+  returns the params to the copy and the rest of the decay runs at half its
+  LR (``decay_scale``; the optimizer's moments are not rolled back); the EMA
+  starts again from the next loss, and the next copy sets the reference
+  afresh, so one blow-up halves the LR once, not at every step until the
+  loss is back. It selects only, so until it fires every update is the one
+  without it, bit for bit.
+
+  What it cannot do: the step back is the update ``snapshot - params``, so
+  params that are already non-finite stay so (a non-finite loss from finite
+  params, a bad batch, is undone; one from non-finite params only halves the
+  LR). The EMA weighs a loss by 0.1, so one finite loss about
+  ``10 (decay_guard - 1) + 1`` x the low (11x by default) fires it too. Its
+  first copy is of the params at the first test-cadence step after the
+  switch, whatever their loss. Without a snapshot (``init(None)``) a firing
+  only cuts the LR.
   """
+  no = jnp.zeros((), bool)
   if math.isinf(cfg.decay_guard):
     return _DecayGuard(state.decay_ema, state.decay_low, state.decay_scale,
-                       snapshot, jnp.zeros((), bool))
+                       no, no)
   after = state.phase == DECAY  # The step after the switch, or later.
   ema = jnp.where(jnp.isinf(state.decay_ema), loss,
                   _GUARD_EMA_DECAY * state.decay_ema
@@ -977,37 +984,46 @@ def _decay_guard(cfg: _Config, state: AutoWUState, t, loss, finite, params,
   fire = after & kept & (~finite | left)
   take = (after & finite & ~fire & (ema <= state.decay_low)
           & ((t + 1) % cfg.test_every == 0))
-  if snapshot is not None:
-    snapshot = jax.lax.cond(
-        take, lambda: jax.tree.map(lambda p, s: p.astype(s.dtype), params,
-                                   snapshot),
-        lambda: snapshot)
   return _DecayGuard(
       decay_ema=jnp.where(fire, jnp.inf, ema),
       decay_low=jnp.where(take, ema, jnp.where(fire, jnp.inf,
                                                 state.decay_low)),
       decay_scale=jnp.where(fire, _DECAY_GUARD_CUT * state.decay_scale,
                             state.decay_scale),
-      snapshot=snapshot, fire=fire)
+      take=take, fire=fire)
 
 
-def _scaled(updates, lr, rollback: _Rollback, params):
-  """The updates times ``lr``, or the step back to the snapshot.
+def _copied(snapshot, params, take):
+  """The snapshot, or the params in its dtypes where ``take`` (one cond).
+
+  The rollback copies in the warmup and the decay guard after the switch, so
+  one ``lax.cond`` on either serves both.
+  """
+  if snapshot is None:
+    return None
+  return jax.lax.cond(
+      take, lambda: jax.tree.map(lambda p, s: p.astype(s.dtype), params,
+                                 snapshot),
+      lambda: snapshot)
+
+
+def _scaled(updates, lr, snapshot, back, params):
+  """The updates times ``lr``, or the step back to the snapshot (``back``).
 
   A select, not a ``lax.cond``: the product then fuses into the caller's
   ``apply_updates`` as it does without a snapshot, so every update but the
-  step back is the one of ``rollback=False``, bit for bit (a cond's output
-  is written out, and XLA's rounding of the product then differs). The
-  select reads the snapshot on every step; measured on CPU it costs a step
-  no more than the cond did, within noise
-  (``python -m experiments.bench_layout --against ...``).
+  step back is the one without it, bit for bit (a cond's output is written
+  out, and XLA's rounding of the product then differs). The select reads
+  the snapshot on every step; measured on CPU it costs a step no more than
+  the cond did, within noise (``python -m experiments.bench_layout
+  --against ...``).
   """
   updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
-  if rollback.snapshot is None:
+  if snapshot is None:
     return updates
   return jax.tree.map(
-      lambda s, p, u: jnp.where(rollback.back, (s - p).astype(u.dtype), u),
-      rollback.snapshot, params, updates)
+      lambda s, p, u: jnp.where(back, (s - p).astype(u.dtype), u),
+      snapshot, params, updates)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -1041,18 +1057,18 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients,
                               test.knee, guard)
   switch = reason != NOT_SWITCHED
   restart = restart_at(reason, test.argmin)
-  rollback = _rollback(cfg, state, t, params, is_test, test.restart_estimate,
-                       switch, restart)
-  decay_guard = _decay_guard(cfg, state, t, loss, finite, params,
-                             rollback.snapshot)
+  rollback = _rollback(cfg, state, t, is_test, test.restart_estimate, switch,
+                       restart)
+  decay_guard = _decay_guard(cfg, state, t, loss, finite)
+  # Taken in the warmup (rollback) or after the switch (guard), never both.
+  snapshot = _copied(state.snapshot, params, rollback.take | decay_guard.take)
   switch_step = jnp.where(switch, t, state.switch_step)
   restart_lr = jnp.where(switch, restart, state.restart_lr)
   phase = jnp.where(switch, DECAY, state.phase)
   lr = decay_guard.decay_scale * _lr(cfg, t, phase, switch_step, restart_lr,
                                      incoherent)
-  updates = _scaled(updates, lr, rollback._replace(
-      snapshot=decay_guard.snapshot,
-      back=rollback.back | decay_guard.fire), params)
+  updates = _scaled(updates, lr, snapshot, rollback.back | decay_guard.fire,
+                    params)
   stats = _stats(positives=positives, argmin=test.argmin,
                  loss_ema=guard.loss_ema, ema_min=guard.ema_min,
                  spike_lr=spike.spike_lr, last_loss=spike.last_loss,
@@ -1070,7 +1086,7 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients,
       restart_lr=restart_lr,
       switch_reason=jnp.where(switch, reason, state.switch_reason),
       stats=stats, window=window, grad_sample=coherence.grad_sample,
-      snapshot=decay_guard.snapshot, gp_adam=test.gp_adam)
+      snapshot=snapshot, gp_adam=test.gp_adam)
 
 
 # --------------------------------------------------------------------------
@@ -1314,7 +1330,12 @@ def autowu(
       copy, or a loss is non-finite, the update returns the params to the
       copy (``snapshot - params``, as the rollback does) and the rest of the
       decay runs at half its LR (each firing halves it again; the
-      optimizer's moments are kept). It selects only: until it fires, every
+      optimizer's moments are kept). Params that are already non-finite
+      stay so (``snapshot - params`` is then non-finite too): a non-finite
+      loss from a bad batch is undone, one from non-finite params only
+      halves the LR. The EMA weighs a loss by 0.1, so one finite loss about
+      ``10 (decay_guard - 1) + 1`` x the low (11x by default) fires it as a
+      blow-up does. It selects only: until it fires, every
       update is the one without it, bit for bit. It keeps the restart safe
       when the capped warmup (``max_warmup_epochs``) restarts a long budget
       too high. Needs ``params`` as ``rollback`` does (under ``init(None)``
