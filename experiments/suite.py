@@ -121,6 +121,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # without the guard.
     "nocap": {"max_warmup_epochs": math.inf},
     "noguard": {"decay_guard": math.inf},
+    # The LAMB transformer restarts at 0.0185 and stays on its plateau; the grid's 0.01 leaves
+    # it. How low must a uniform restart go, and what does that cost the MLP at batch 4096
+    # (restart 0.011, grid 0.01)? restart05 above, and restart07. On library 6c72eb403983
+    # neither rolls back: the snapshot takes a test step's params only while its LR is at most
+    # 1.25x that test's restart estimate, which a fraction below 0.8 keeps under the LR from the
+    # first estimate on, so both restart after the full excursion (the LAMB transformer: 3.42 /
+    # 3.68 bits/byte; an experiments-side rollback to 0.0092 once gave 2.89, rollback05 above).
+    "restart07": {"restart_fraction": 0.7},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
