@@ -1,0 +1,23 @@
+"""experiments.same_runs: equal runs counted, a differing or missing one reported."""
+
+import json
+
+from experiments import same_runs
+
+
+def _run(version, seed, acc, method="autowu"):
+  return dict(case="c", method=method, seed=seed, library_version=version, status="ok",
+              summary=dict(switch_step=10, restart_lr=0.01, final_test_accuracy=acc,
+                           final_test_loss=0.3))
+
+
+def test_same_and_different_runs(tmp_path, capsys):
+  runs = [_run("new", 0, 0.9), _run("old", 0, 0.9), _run("new", 1, 0.9), _run("old", 1, 0.8),
+          _run("new", 2, 0.9), _run("new", 0, 0.5, method="grid")]
+  same, problems = same_runs.compare(runs, "new", "old")
+  assert same == 1 and len(problems) == 2  # Seed 1 differs, seed 2 has no match.
+  path = tmp_path / "runs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+  assert same_runs.main(["new", "old", "--runs", str(path)]) == 1
+  assert "1 of 3 runs of new" in capsys.readouterr().out
+  assert same_runs.main(["new", "new", "--runs", str(path)]) == 0
