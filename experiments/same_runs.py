@@ -6,6 +6,11 @@ hashes of :func:`experiments.suite.library_version`), matched by case, method an
 a pair is the same when switch step, restart LR, final test accuracy and final test loss
 are equal as stored (floats compared exactly). Prints one line per differing or unmatched
 run and a count; exits 1 if any run of ``NEW`` differs or has no match.
+
+``--program COMMIT`` also checks that the checkout's library compiles the default
+AutoWU update (``autowu_lamb``, a small MLP's params) to the same program as the library
+at ``COMMIT`` (read with ``git show``): lowered by ``jax.jit``, the texts equal. Equal
+programs cost a step the same, so an internal change that passes needs no new benchmark.
 """
 
 import sys
@@ -43,12 +48,36 @@ def compare(runs: list[dict[str, Any]], new: str, old: str
   return same, problems
 
 
+def _program(lib: Any) -> str:
+  """The lowered text of ``lib``'s default ``autowu_lamb`` update on a small MLP's params."""
+  import jax  # noqa: PLC0415 - heavy.
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  params = {"w1": jnp.ones((64, 32)), "b1": jnp.zeros(32), "w2": jnp.ones((32, 10)),
+            "b2": jnp.zeros(10)}
+  tx = lib.autowu_lamb(400, 20)
+  update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
+  return update.lower(params, tx.init(params), params, jnp.float32(1.0)).as_text()
+
+
+def same_program(commit: str) -> bool:
+  """Whether the checkout's default update lowers to the same program as ``commit``'s."""
+  import optax_autolr  # noqa: PLC0415
+
+  from experiments.bench_layout import load_commit  # noqa: PLC0415
+
+  old = load_commit(commit, "optax_autolr_" + "".join(c for c in commit if c.isalnum()))
+  return _program(optax_autolr) == _program(old)
+
+
 def main(argv: list[str] | None = None) -> int:
   p = cli.ArgumentParser(prog="python -m experiments.same_runs",
                          description=__doc__.split("\n")[0])
   p.add_argument("new", help="library version of the runs to check")
   p.add_argument("old", help="library version to compare them with")
   p.add_argument("--runs", default=str(RUNS), help="runs file")
+  p.add_argument("--program", metavar="COMMIT",
+                 help="also check the default update's program against the library at COMMIT")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   same, problems = compare(load_runs(args.runs), args.new, args.old)
   if same + len(problems) == 0:
@@ -57,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     print(line)
   print(f"{same} of {same + len(problems)} runs of {args.new} equal to {args.old}'s "
         f"({', '.join(KEYS)})")
-  return 1 if problems else 0
+  program = True
+  if args.program:
+    try:
+      program = same_program(args.program)
+    except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
+      p.error(f"argument --program: cannot load the library at {args.program}: {e}")
+    print(f"the default update's program {'equals' if program else 'differs from'} "
+          f"the one of the library at {args.program}")
+  return 1 if problems or not program else 0
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 One update reads, in order: push the loss into the window (:func:`_push`),
 run the divergence guard (:func:`_guard`), run the minimum test on test steps
 (:func:`_maybe_test`), decide whether warmup ends and why (:func:`_decide`),
-pick the restart LR (:func:`_restart_lr`), keep or restore the params
-snapshot (:func:`_rollback`), after the switch run the decay guard
-(:func:`_decay_guard`) and apply the LR of the step (:func:`_lr`). The
+pick the restart LR (:func:`_restart_lr`), decide when the params snapshot
+is taken or restored (:func:`_rollback` in the warmup, the decay guard
+:func:`_decay_guard` after the switch), copy the params into it
+(:func:`_copied`) and apply the LR of the step, or the step back to the
+snapshot (:func:`_lr`, :func:`_scaled`). The
 stages are module-level functions of a static :class:`_Config`;
 :func:`minimum_test` and :func:`default_test_every` are the single definitions
 that the plots and the benchmarks share.
@@ -90,7 +92,8 @@ _SPIKE_NOISE_SCALES = 4.0
 _COHERENCE_FRACTION = 0.1
 _COHERENCE_SAMPLE = 4096
 # The rollback's snapshot takes the params at a test step whose LR is at most
-# this many times the test's restart LR: while the loss still falls, that
+# this many times the LR at the test's restart point (its restart LR before a
+# ``restart_fraction`` below 1 scales it): while the loss still falls, that
 # trails the LR reached (by the valley's half-width and the LR's growth since
 # the test's newest loss; 1.19x per test at the default test spacing).
 _SNAPSHOT_MARGIN = 1.25
@@ -914,9 +917,12 @@ def _rollback(cfg: _Config, state: AutoWUState, t, is_test, estimate,
   """The warmup's use of the params snapshot: when to copy, when to go back.
 
   At each test step (``is_test``) the snapshot takes the params if the step's
-  LR is at most ``_SNAPSHOT_MARGIN`` x the restart LR the last test would
-  give (``estimate``); copying at the tests only keeps the params' copy off
-  the other steps. A switch whose restart LR is below the LR of the last
+  LR is at most ``_SNAPSHOT_MARGIN`` x the LR at the restart point of the
+  last test: the restart LR it would give (``estimate``), before a
+  ``restart_fraction`` below 1 scales it (scaled, no test step would qualify
+  once the first estimate is made, and a lower restart would go back to
+  nothing). Copying at the tests only keeps the params' copy off the other
+  steps. A switch whose restart LR is below the LR of the last
   update (the warmup went past it), by at most ``_MAX_ROLLBACK_RATIO`` x the
   snapshot's, returns the params to it. With ``rollback`` off, or without a
   snapshot (``init(None)``), it neither copies nor goes back.
@@ -924,8 +930,8 @@ def _rollback(cfg: _Config, state: AutoWUState, t, is_test, estimate,
   no = jnp.zeros((), bool)
   if state.snapshot is None or not cfg.rollback:
     return _Rollback(no, state.snapshot_step, no)
-  take = (is_test & ~switch
-          & (_warmup_lr(cfg, t) <= _SNAPSHOT_MARGIN * estimate))
+  margin = _SNAPSHOT_MARGIN / min(cfg.restart_fraction, 1.0)
+  take = is_test & ~switch & (_warmup_lr(cfg, t) <= margin * estimate)
   reached = _warmup_lr(cfg, jnp.maximum(t - 1, 0))  # The last update's.
   back = (switch & (state.snapshot_step >= 0) & (restart < reached)
           & (reached <= _MAX_ROLLBACK_RATIO
@@ -962,12 +968,14 @@ def _decay_guard(cfg: _Config, state: AutoWUState, t, loss,
 
   What it cannot do: the step back is the update ``snapshot - params``, so
   params that are already non-finite stay so (a non-finite loss from finite
-  params, a bad batch, is undone; one from non-finite params only halves the
+  params, a bad batch, has its params undone, but not the inner optimizer's
+  moments, which keep the bad gradient: chain ``optax.apply_if_finite`` on
+  the inner optimizer for that; one from non-finite params only halves the
   LR). The EMA weighs a loss by 0.1, so one finite loss about
   ``10 (decay_guard - 1) + 1`` x the low (11x by default) fires it too. Its
   first copy is of the params at the first test-cadence step after the
-  switch, whatever their loss. Without a snapshot (``init(None)``) a firing
-  only cuts the LR.
+  switch with a finite loss, whatever its size. Without a snapshot
+  (``init(None)``) a firing only cuts the LR.
   """
   no = jnp.zeros((), bool)
   if math.isinf(cfg.decay_guard):
@@ -993,7 +1001,7 @@ def _decay_guard(cfg: _Config, state: AutoWUState, t, loss,
       take=take, fire=fire)
 
 
-def _copied(snapshot, params, take):
+def _copied(snapshot: Any | None, params: Any, take: jax.Array) -> Any | None:
   """The snapshot, or the params in its dtypes where ``take`` (one cond).
 
   The rollback copies in the warmup and the decay guard after the switch, so
@@ -1007,7 +1015,8 @@ def _copied(snapshot, params, take):
       lambda: snapshot)
 
 
-def _scaled(updates, lr, snapshot, back, params):
+def _scaled(updates: Any, lr: jax.Array, snapshot: Any | None,
+            back: jax.Array, params: Any) -> Any:
   """The updates times ``lr``, or the step back to the snapshot (``back``).
 
   A select, not a ``lax.cond``: the product then fuses into the caller's
@@ -1067,8 +1076,8 @@ def _update(cfg: _Config, updates, state: AutoWUState, loss, gradients,
   phase = jnp.where(switch, DECAY, state.phase)
   lr = decay_guard.decay_scale * _lr(cfg, t, phase, switch_step, restart_lr,
                                      incoherent)
-  updates = _scaled(updates, lr, snapshot, rollback.back | decay_guard.fire,
-                    params)
+  updates = _scaled(updates, lr, snapshot,
+                    back=rollback.back | decay_guard.fire, params=params)
   stats = _stats(positives=positives, argmin=test.argmin,
                  loss_ema=guard.loss_ema, ema_min=guard.ema_min,
                  spike_lr=spike.spike_lr, last_loss=spike.last_loss,
@@ -1309,8 +1318,10 @@ def autowu(
       ``DEFAULTS['rewarm_fraction']``.
     rollback: whether to undo the warmup's excursion past the restart LR: the
       state keeps a copy of the params (``snapshot``, in their dtypes), the
-      params of the last test step whose LR was at most 1.25 x the restart
-      LR of that test; a switch whose restart LR is below the LR of the
+      params of the last test step whose LR was at most 1.25 x the LR at
+      that test's restart point (its restart LR before a
+      ``restart_fraction`` below 1 scales it, so a lower restart goes back
+      to about the restart point's params, not below it); a switch whose restart LR is below the LR of the
       last update (a confident minimum, the knee, the guard, a loss spike's
       cap; not the LR reached at the end of the maximal warmup, nor the
       largest LR tested after a noisy start),
@@ -1331,9 +1342,12 @@ def autowu(
       copy (``snapshot - params``, as the rollback does) and the rest of the
       decay runs at half its LR (each firing halves it again; the
       optimizer's moments are kept). Params that are already non-finite
-      stay so (``snapshot - params`` is then non-finite too): a non-finite
-      loss from a bad batch is undone, one from non-finite params only
-      halves the LR. The EMA weighs a loss by 0.1, so one finite loss about
+      stay so (``snapshot - params`` is then non-finite too): after a
+      non-finite loss from a bad batch the params are restored, but the
+      inner optimizer's moments keep the bad gradient (chain
+      ``optax.apply_if_finite`` on the inner optimizer), and one from
+      non-finite params only halves the LR. The first copy is taken at the
+      first ``test_every``-th step after the switch with a finite loss. The EMA weighs a loss by 0.1, so one finite loss about
       ``10 (decay_guard - 1) + 1`` x the low (11x by default) fires it as a
       blow-up does. It selects only: until it fires, every
       update is the one without it, bit for bit. It keeps the restart safe

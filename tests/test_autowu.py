@@ -653,6 +653,30 @@ def test_rollback_returns_the_params_to_the_snapshot_at_the_switch():
   assert int(plain.snapshot_step) == -1 and plain.snapshot is None
 
 
+@pytest.mark.parametrize('fraction', [0.5, 0.7])
+def test_rollback_with_a_lower_restart_goes_back_to_the_restart_point(fraction):
+  """With ``restart_fraction`` below 1 the snapshot still follows the
+  restart point (its test's estimate before the fraction scales it), so the
+  lower restart goes back to the params near that point instead of keeping
+  the whole excursion; the switch, the point and the LRs are those of the
+  rule without rollback."""
+  kw = dict(restart_fraction=fraction, decay_guard=math.inf)
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, **kw))
+  off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False, **kw))
+  before, updates, state = _rollback_run(tx, _u_in_time)
+  _, _, plain = _rollback_run(off, _u_in_time)
+  switch, snap = int(state.switch_step), int(state.snapshot_step)
+  assert int(plain.switch_step) == switch > 0
+  assert float(plain.restart_lr) == float(state.restart_lr)
+  warmup_lr = lambda t: MIN_LR * (1.0 / MIN_LR)**(t / (T // 4))
+  assert 0 <= snap < switch - 1
+  point = float(state.restart_estimate) / fraction  # The LR at the point.
+  assert warmup_lr(snap) <= 1.25 * point * (1 + 1e-5)
+  assert warmup_lr(snap + 1) > 0.5 * point  # The point's params, not earlier.
+  np.testing.assert_allclose(before[switch] + updates[switch], before[snap],
+                             rtol=1e-6)
+
+
 def test_no_rollback_without_an_excursion_or_a_snapshot():
   """A switch at the LR reached (the maximal warmup on a falling loss) keeps
   the params; so do the authors' rule and ``init(None)``."""

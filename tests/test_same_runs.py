@@ -21,3 +21,17 @@ def test_same_and_different_runs(tmp_path, capsys):
   assert same_runs.main(["new", "old", "--runs", str(path)]) == 1
   assert "1 of 3 runs of new" in capsys.readouterr().out
   assert same_runs.main(["new", "new", "--runs", str(path)]) == 0
+
+
+def test_same_program_tells_the_default_update_from_another():
+  """HEAD's library lowers the default update to the checkout's program (the
+  test's checkout is HEAD's, or differs in no compiled line); another rule does
+  not."""
+  import optax_autolr
+
+  class Half:
+    autowu_lamb = staticmethod(
+        lambda total, spe: optax_autolr.autowu_lamb(total, spe, restart_fraction=0.5))
+
+  assert same_runs._program(Half) != same_runs._program(optax_autolr)
+  assert same_runs.same_program("HEAD")
