@@ -66,7 +66,12 @@ def same_program(commit: str) -> bool:
 
   from experiments.bench_layout import load_commit  # noqa: PLC0415
 
-  old = load_commit(commit, "optax_autolr_" + "".join(c for c in commit if c.isalnum()))
+  import subprocess  # noqa: PLC0415
+
+  sha = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
+                       cwd=RUNS.parents[2], capture_output=True, text=True, check=True
+                       ).stdout.strip()
+  old = load_commit(sha, f"optax_autolr_{sha[:12]}")  # One package name per commit.
   return _program(optax_autolr) == _program(old)
 
 
@@ -91,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
       program = same_program(args.program)
     except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
-      p.error(f"argument --program: cannot load the library at {args.program}: {e}")
+      why = ("not a commit of this repository" if "rev-parse" in str(e)
+             else f"cannot load its library: {e}")
+      p.error(f"argument --program: {args.program}: {why}")
     print(f"the default update's program {'equals' if program else 'differs from'} "
           f"the one of the library at {args.program}")
   return 1 if problems or not program else 0

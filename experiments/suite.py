@@ -125,9 +125,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # it. How low must a uniform restart go, and what does that cost the MLP at batch 4096
     # (restart 0.011, grid 0.01)? restart05 above, and restart07. On library 6c72eb403983
     # neither rolls back: the snapshot takes a test step's params only while its LR is at most
-    # 1.25x that test's restart estimate, which a fraction below 0.8 keeps under the LR from the
-    # first estimate on, so both restart after the full excursion (the LAMB transformer: 3.42 /
-    # 3.68 bits/byte; an experiments-side rollback to 0.0092 once gave 2.89, rollback05 above).
+    # 1.25x that test's restart estimate, which a fraction of at most 0.8 keeps under the LR, so
+    # both restart after the full excursion (the LAMB transformer: 3.42 / 3.68 bits/byte; an
+    # experiments-side rollback to 0.0092 once gave 2.89, rollback05 above). Fixed in
+    # e0674d7252c3 (the margin divides by the fraction): restart05 there, 2.92 bits/byte.
     "restart07": {"restart_fraction": 0.7},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""

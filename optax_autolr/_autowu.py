@@ -1,13 +1,14 @@
 """AutoWU: automated LR warmup and decay as an Optax transformation.
 
-One update reads, in order: push the loss into the window (:func:`_push`),
-run the divergence guard (:func:`_guard`), run the minimum test on test steps
-(:func:`_maybe_test`), decide whether warmup ends and why (:func:`_decide`),
-pick the restart LR (:func:`_restart_lr`), decide when the params snapshot
-is taken or restored (:func:`_rollback` in the warmup, the decay guard
-:func:`_decay_guard` after the switch), copy the params into it
-(:func:`_copied`) and apply the LR of the step, or the step back to the
-snapshot (:func:`_lr`, :func:`_scaled`). The
+One update reads, in order: measure the start's gradient coherence
+(:func:`_coherence`), push the loss into the window (:func:`_push`), run the
+divergence guard (:func:`_guard`) and the loss-spike test (:func:`_spike`),
+run the minimum test on test steps (:func:`_maybe_test`), decide whether
+warmup ends and why (:func:`_decide`), pick the restart LR
+(:func:`_restart_lr`), decide when the params snapshot is taken or restored
+(:func:`_rollback` in the warmup, the decay guard :func:`_decay_guard` after
+the switch), copy the params into it (:func:`_copied`), and apply the LR of
+the step (:func:`_lr`) or the step back to the snapshot (:func:`_scaled`). The
 stages are module-level functions of a static :class:`_Config`;
 :func:`minimum_test` and :func:`default_test_every` are the single definitions
 that the plots and the benchmarks share.
@@ -181,8 +182,8 @@ class AutoWUState(NamedTuple):
   * ``restart_estimate``, the restart LR the last test would give
     (``inf`` before the first test);
   * ``snapshot_step``, the step whose params ``snapshot`` holds (the last
-    test step whose LR was at most 1.25 x ``restart_estimate``; -1 if
-    none);
+    test step whose LR was at most ``1.25 / min(restart_fraction, 1)`` x
+    ``restart_estimate``; -1 if none);
     after the switch, the step the params were rolled back to, -1 if they
     were not (the decay guard's copies do not change it: its reference is
     ``decay_low``);
@@ -916,16 +917,18 @@ def _rollback(cfg: _Config, state: AutoWUState, t, is_test, estimate,
               switch, restart) -> _Rollback:
   """The warmup's use of the params snapshot: when to copy, when to go back.
 
-  At each test step (``is_test``) the snapshot takes the params if the step's
-  LR is at most ``_SNAPSHOT_MARGIN`` x the LR at the restart point of the
-  last test: the restart LR it would give (``estimate``), before a
-  ``restart_fraction`` below 1 scales it (scaled, no test step would qualify
-  once the first estimate is made, and a lower restart would go back to
-  nothing). Copying at the tests only keeps the params' copy off the other
-  steps. A switch whose restart LR is below the LR of the last
-  update (the warmup went past it), by at most ``_MAX_ROLLBACK_RATIO`` x the
-  snapshot's, returns the params to it. With ``rollback`` off, or without a
-  snapshot (``init(None)``), it neither copies nor goes back.
+  At each test step (``is_test``) the snapshot takes the params if the step's LR
+  is at most ``_SNAPSHOT_MARGIN / min(restart_fraction, 1)`` x the restart LR
+  that test gives (``estimate``): for a fraction of at most 1, 1.25 x the LR at
+  its restart point (with the margin scaled too, a fraction of at most 0.8 would
+  let no test step qualify, and a lower restart would go back to nothing). Where
+  the loss-spike cap sets the estimate, that allows up to ``1.25 /
+  restart_fraction`` x the capped LR, so with a fraction below 1 the copy may be
+  from after the spike. Copying at the tests only keeps the params' copy off the
+  other steps. A switch whose restart LR is below the LR of the last update (the
+  warmup went past it), by at most ``_MAX_ROLLBACK_RATIO`` x the snapshot's,
+  returns the params to it. With ``rollback`` off, or without a snapshot
+  (``init(None)``), it neither copies nor goes back.
   """
   no = jnp.zeros((), bool)
   if state.snapshot is None or not cfg.rollback:
@@ -1318,43 +1321,42 @@ def autowu(
       ``DEFAULTS['rewarm_fraction']``.
     rollback: whether to undo the warmup's excursion past the restart LR: the
       state keeps a copy of the params (``snapshot``, in their dtypes), the
-      params of the last test step whose LR was at most 1.25 x the LR at
-      that test's restart point (its restart LR before a
-      ``restart_fraction`` below 1 scales it, so a lower restart goes back
-      to about the restart point's params, not below it); a switch whose restart LR is below the LR of the
-      last update (a confident minimum, the knee, the guard, a loss spike's
-      cap; not the LR reached at the end of the maximal warmup, nor the
-      largest LR tested after a noisy start),
-      if that LR is at most 4x the snapshot's (a longer warmup kept learning
-      at the larger LRs), makes that update ``snapshot - params``, so the
-      chain must apply it (``optax.apply_updates``) and ``autowu`` must be
-      the last transformation. Needs ``params`` at every update (a
-      ``ValueError`` without them) unless built with ``init(None)``. The
-      optimizer's own state (moments) is not rolled back. ``None``:
-      ``DEFAULTS['rollback']``
-      (``True``; the authors' rule: ``False``).
-    decay_guard: the guard after the switch, > 1 (``math.inf``: off). From
-      the step after the switch a short EMA of the loss (about 10 steps) is
-      tracked; at every ``test_every``-th step at which it is at a new low,
-      the params are copied (into the rollback's ``snapshot``, idle after
-      the switch). Once the EMA exceeds ``decay_guard`` x its value at the
-      copy, or a loss is non-finite, the update returns the params to the
-      copy (``snapshot - params``, as the rollback does) and the rest of the
-      decay runs at half its LR (each firing halves it again; the
-      optimizer's moments are kept). Params that are already non-finite
-      stay so (``snapshot - params`` is then non-finite too): after a
-      non-finite loss from a bad batch the params are restored, but the
-      inner optimizer's moments keep the bad gradient (chain
-      ``optax.apply_if_finite`` on the inner optimizer), and one from
-      non-finite params only halves the LR. The first copy is taken at the
-      first ``test_every``-th step after the switch with a finite loss. The EMA weighs a loss by 0.1, so one finite loss about
-      ``10 (decay_guard - 1) + 1`` x the low (11x by default) fires it as a
-      blow-up does. It selects only: until it fires, every
-      update is the one without it, bit for bit. It keeps the restart safe
-      when the capped warmup (``max_warmup_epochs``) restarts a long budget
-      too high. Needs ``params`` as ``rollback`` does (under ``init(None)``
-      a firing only halves the LR). ``None``: ``DEFAULTS['decay_guard']``
-      (2; the authors' rule: off).
+      params of the last test step whose LR was at most ``1.25 /
+      min(restart_fraction, 1)`` x that test's restart LR (for a fraction of at
+      most 1, 1.25 x the LR at its restart point: a lower restart goes back to
+      about the restart point's params, not below them; where the loss-spike cap
+      binds, up to ``1.25 / fraction`` x the capped LR, so the copy may be from
+      after the spike); a switch whose restart LR is below the LR of the last
+      update (a confident minimum, the knee, the guard, a loss spike's cap; not
+      the LR reached at the end of the maximal warmup, nor the largest LR tested
+      after a noisy start), if that LR is at most 4x the snapshot's (a longer
+      warmup kept learning at the larger LRs), makes that update ``snapshot -
+      params``, so the chain must apply it (``optax.apply_updates``) and
+      ``autowu`` must be the last transformation. Needs ``params`` at every
+      update (a ``ValueError`` without them) unless built with ``init(None)``.
+      The optimizer's own state (moments) is not rolled back. ``None``:
+      ``DEFAULTS['rollback']`` (``True``; the authors' rule: ``False``).
+    decay_guard: the guard after the switch, > 1 (``math.inf``: off). From the
+      step after the switch a short EMA of the loss (about 10 steps) is tracked;
+      at every ``test_every``-th step at which it is at a new low, the params
+      are copied (into the rollback's ``snapshot``, idle after the switch). Once
+      the EMA exceeds ``decay_guard`` x its value at the copy, or a loss is
+      non-finite, the update returns the params to the copy (``snapshot -
+      params``, as the rollback does) and the rest of the decay runs at half its
+      LR (each firing halves it again; the optimizer's moments are kept). Params
+      that are already non-finite stay so (``snapshot - params`` is then
+      non-finite too): after a non-finite loss from a bad batch the params are
+      restored, but the inner optimizer's moments keep the bad gradient (chain
+      ``optax.apply_if_finite`` on the inner optimizer), and one from non-finite
+      params only halves the LR. The first copy is taken at the first
+      ``test_every``-th step after the switch with a finite loss. The EMA weighs
+      a loss by 0.1, so one finite loss about ``10 (decay_guard - 1) + 1`` x the
+      low (11x by default) fires it as a blow-up does. It selects only: until it
+      fires, every update is the one without it, bit for bit. It keeps the
+      restart safe when the capped warmup (``max_warmup_epochs``) restarts a
+      long budget too high. Needs ``params`` as ``rollback`` does (under
+      ``init(None)`` a firing only halves the LR). ``None``:
+      ``DEFAULTS['decay_guard']`` (2; the authors' rule: off).
     gp_fit: how each test sets the GP's signal and noise variance:
       ``'max_likelihood'`` maximizes the marginal likelihood of the
       standardized losses at every test; ``'adam'`` is the authors' fit

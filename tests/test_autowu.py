@@ -664,10 +664,15 @@ def test_rollback_with_a_lower_restart_goes_back_to_the_restart_point(fraction):
   tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, **kw))
   off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False, **kw))
   before, updates, state = _rollback_run(tx, _u_in_time)
-  _, _, plain = _rollback_run(off, _u_in_time)
+  _, plain_updates, plain = _rollback_run(off, _u_in_time)
   switch, snap = int(state.switch_step), int(state.snapshot_step)
   assert int(plain.switch_step) == switch > 0
   assert float(plain.restart_lr) == float(state.restart_lr)
+  # The estimate is the fraction x the point's LR: no spike capped it.
+  assert int(state.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
+  assert math.isinf(float(state.spike_lr))
+  np.testing.assert_array_equal(updates[:switch], plain_updates[:switch])
+  assert float(state.lr) == float(plain.lr)
   warmup_lr = lambda t: MIN_LR * (1.0 / MIN_LR)**(t / (T // 4))
   assert 0 <= snap < switch - 1
   point = float(state.restart_estimate) / fraction  # The LR at the point.
