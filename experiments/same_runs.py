@@ -13,6 +13,7 @@ at ``COMMIT`` (read with ``git show``): lowered by ``jax.jit``, the texts equal.
 programs cost a step the same, so an internal change that passes needs no new benchmark.
 """
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,19 @@ def _program(lib: Any) -> str:
 
 
 def same_program(commit: str) -> bool:
-  """Whether the checkout's default update lowers to the same program as ``commit``'s."""
+  """Whether the checkout's default update lowers to the same program as ``commit``'s.
+
+  Raises ``ValueError`` if ``commit`` is not a commit of the repository.
+  """
   import optax_autolr  # noqa: PLC0415
 
-  from experiments.bench_layout import load_commit  # noqa: PLC0415
+  from experiments.bench_layout import ROOT, load_commit  # noqa: PLC0415
 
-  import subprocess  # noqa: PLC0415
-
-  sha = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
-                       cwd=RUNS.parents[2], capture_output=True, text=True, check=True
-                       ).stdout.strip()
+  found = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
+                         cwd=ROOT, capture_output=True, text=True)
+  if found.returncode:
+    raise ValueError("not a commit of this repository")
+  sha = found.stdout.strip()
   old = load_commit(sha, f"optax_autolr_{sha[:12]}")  # One package name per commit.
   return _program(optax_autolr) == _program(old)
 
@@ -95,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
   if args.program:
     try:
       program = same_program(args.program)
+    except ValueError as e:
+      p.error(f"argument --program: {args.program}: {e}")
     except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
-      why = ("not a commit of this repository" if "rev-parse" in str(e)
-             else f"cannot load its library: {e}")
-      p.error(f"argument --program: {args.program}: {why}")
+      p.error(f"argument --program: {args.program}: cannot load its library: {e}")
     print(f"the default update's program {'equals' if program else 'differs from'} "
           f"the one of the library at {args.program}")
   return 1 if problems or not program else 0

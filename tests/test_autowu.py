@@ -621,35 +621,51 @@ def _u_in_time(t):
   return 1.0 + ((t - 300.0) / 200.0)**2
 
 
-def test_rollback_returns_the_params_to_the_snapshot_at_the_switch():
-  """At the switch the update takes the params back to the snapshot: those
-  of the last test step whose LR was at most 1.25 x its test's restart LR
-  (the test trails the LR reached), before the LRs the warmup went on to;
-  every other update is the one without rollback."""
-  assert oa.DEFAULTS['rollback'] is True and oa.AUTHORS['rollback'] is False
-  # The loss stream rises after the switch: the decay guard is off in both.
-  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, decay_guard=math.inf))
+def _rollback_against_plain(**kwargs):
+  """The rollback run on ``_u_in_time`` and the same rule without rollback
+  (decay guard off in both: the stream rises after the switch), with what
+  both tests check: the same switch, restart point and LRs, the same updates
+  before the switch, and the switch's update back to the snapshot, taken at a
+  test step before it. Returns ``(state, plain, updates, plain_updates)``."""
+  kwargs = dict(kwargs, decay_guard=math.inf)
+  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, **kwargs))
   off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False,
-                                                decay_guard=math.inf))
+                                                **kwargs))
   before, updates, state = _rollback_run(tx, _u_in_time)
   _, plain_updates, plain = _rollback_run(off, _u_in_time)
   switch, snap = int(state.switch_step), int(state.snapshot_step)
   assert int(plain.switch_step) == switch > 0
   assert float(plain.restart_lr) == float(state.restart_lr)
   assert int(state.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
-  warmup_lr = lambda t: MIN_LR * (1.0 / MIN_LR)**(t / (T // 4))
   assert 0 <= snap < switch - 1
   assert (snap + 1) % oa.default_test_every(T, SPE) == 0  # Taken at a test.
-  assert warmup_lr(snap) <= 1.25 * float(state.restart_estimate) * (1 + 1e-5)
-  assert warmup_lr(snap + 1) > 0.5 * float(state.restart_lr)  # Not far back.
   np.testing.assert_allclose(before[switch] + updates[switch], before[snap],
                              rtol=1e-6)
-  # Before the switch the params are the same; after it, so are the updates
-  # but the rolled-back step (the moments are the optimizer's own).
+  # Before the switch the params are the same, so are the updates.
   np.testing.assert_array_equal(updates[:switch], plain_updates[:switch])
-  assert not np.allclose(updates[switch], plain_updates[switch])
   # The schedule does not move: the same LRs as without rollback.
   assert float(state.lr) == float(plain.lr)
+  return state, plain, updates, plain_updates
+
+
+def _ramp_lr(t):
+  """The default exponential warmup's LR at step ``t`` (budget ``T``)."""
+  return MIN_LR * (1.0 / MIN_LR)**(t / (T // 4))
+
+
+def test_rollback_returns_the_params_to_the_snapshot_at_the_switch():
+  """At the switch the update takes the params back to the snapshot: those
+  of the last test step whose LR was at most 1.25 x its test's restart LR
+  (the test trails the LR reached), before the LRs the warmup went on to;
+  every other update is the one without rollback."""
+  assert oa.DEFAULTS['rollback'] is True and oa.AUTHORS['rollback'] is False
+  state, plain, updates, plain_updates = _rollback_against_plain()
+  switch, snap = int(state.switch_step), int(state.snapshot_step)
+  assert _ramp_lr(snap) <= 1.25 * float(state.restart_estimate) * (1 + 1e-5)
+  assert _ramp_lr(snap + 1) > 0.5 * float(state.restart_lr)  # Not far back.
+  # After the switch the updates are the same but the rolled-back step (the
+  # moments are the optimizer's own).
+  assert not np.allclose(updates[switch], plain_updates[switch])
   assert int(plain.snapshot_step) == -1 and plain.snapshot is None
 
 
@@ -660,26 +676,13 @@ def test_rollback_with_a_lower_restart_goes_back_to_the_restart_point(fraction):
   lower restart goes back to the params near that point instead of keeping
   the whole excursion; the switch, the point and the LRs are those of the
   rule without rollback."""
-  kw = dict(restart_fraction=fraction, decay_guard=math.inf)
-  tx = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, **kw))
-  off = optax.chain(optax.adamw(1.0), oa.autowu(T, SPE, rollback=False, **kw))
-  before, updates, state = _rollback_run(tx, _u_in_time)
-  _, plain_updates, plain = _rollback_run(off, _u_in_time)
-  switch, snap = int(state.switch_step), int(state.snapshot_step)
-  assert int(plain.switch_step) == switch > 0
-  assert float(plain.restart_lr) == float(state.restart_lr)
+  state, _, _, _ = _rollback_against_plain(restart_fraction=fraction)
+  snap = int(state.snapshot_step)
   # The estimate is the fraction x the point's LR: no spike capped it.
-  assert int(state.switch_reason) in (oa.CONFIDENT_MINIMUM, oa.KNEE_PASSED)
   assert math.isinf(float(state.spike_lr))
-  np.testing.assert_array_equal(updates[:switch], plain_updates[:switch])
-  assert float(state.lr) == float(plain.lr)
-  warmup_lr = lambda t: MIN_LR * (1.0 / MIN_LR)**(t / (T // 4))
-  assert 0 <= snap < switch - 1
   point = float(state.restart_estimate) / fraction  # The LR at the point.
-  assert warmup_lr(snap) <= 1.25 * point * (1 + 1e-5)
-  assert warmup_lr(snap + 1) > 0.5 * point  # The point's params, not earlier.
-  np.testing.assert_allclose(before[switch] + updates[switch], before[snap],
-                             rtol=1e-6)
+  assert _ramp_lr(snap) <= 1.25 * point * (1 + 1e-5)
+  assert _ramp_lr(snap + 1) > 0.5 * point  # The point's params, not earlier.
 
 
 def test_no_rollback_without_an_excursion_or_a_snapshot():

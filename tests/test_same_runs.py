@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import same_runs
+from experiments import bench_layout, same_runs
 
 
 def _run(version, seed, acc, method="autowu"):
@@ -39,7 +39,7 @@ def test_same_program_tells_the_default_update_from_another():
 
   assert same_runs._program(Half) != same_runs._program(optax_autolr)
   clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "optax_autolr"],
-                         cwd=same_runs.RUNS.parents[2], capture_output=True)
+                         cwd=bench_layout.ROOT, capture_output=True)
   if clean.returncode != 0:
     pytest.skip("the library differs from HEAD's (an uncommitted change, or no git)")
   assert same_runs.same_program("HEAD")
