@@ -32,7 +32,11 @@ libraries instead, the first one the baseline, and writes
 """
 
 import argparse
+import atexit
+import functools
 import importlib
+import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,9 +65,16 @@ FULL = dict(rounds=40, steps=10, update_calls=50,
 QUICK = dict(rounds=5, steps=5, update_calls=10, cases=[('mlp', 1024)])
 
 
+@functools.cache
 def load_commit(commit: str, package: str):
-  """Imports the library of ``commit`` (read with ``git show``) as ``package``."""
+  """Imports the library of ``commit`` (read with ``git show``) as ``package``.
+
+  The files go to a temporary folder removed at exit; the package is loaded
+  from it by path (``sys.path`` is left as it was), once per ``(commit,
+  package)``.
+  """
   folder = Path(tempfile.mkdtemp(prefix=f'{package}_'))
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
   pkg = folder / package
   pkg.mkdir()
   for name in _MODULES:
@@ -74,8 +85,16 @@ def load_commit(commit: str, package: str):
       continue  # A module that commit did not have yet.
     shown.check_returncode()
     (pkg / f'{name}.py').write_text(shown.stdout.replace('optax_autolr', package))
-  sys.path.insert(0, str(folder))
-  return importlib.import_module(package)
+  spec = importlib.util.spec_from_file_location(
+      package, pkg / '__init__.py', submodule_search_locations=[str(pkg)])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[package] = module  # Its modules import it by name.
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[package]
+    raise
+  return module
 
 
 def _rotated(names, i):

@@ -45,6 +45,16 @@ def fmt(v: Any, spec: str = ".3g", nan: str = "n/a") -> str:
   return format(v, spec)
 
 
+def perplexity(loss: float | None) -> float | None:
+  """``exp(loss)`` (nats), ``inf`` where that overflows (a diverged run), None for None."""
+  if loss is None:
+    return None
+  try:
+    return math.exp(loss)
+  except OverflowError:
+    return math.inf
+
+
 def results_dir(out_dir: str | None, name: str, quick: bool) -> Path:
   """The output folder of an experiment (created).
 

@@ -159,6 +159,7 @@ CASES: list[dict[str, Any]] = [
     _case("lm_adamw_b16", "transformer", "adamw", 16, 1),
     _case("lm_adamw_b128", "transformer", "adamw", 128, 1),
     _case("lm_lamb_b16", "transformer", "lamb", 16, 1),
+    _case("lm_lamb_b128", "transformer", "lamb", 128, 1),
 ]
 """The suite. CNN: the first 20000 training images (15000 after the holdout),
 so a run takes minutes here. LM: one pass over fortunes (2.3M bytes)."""
@@ -619,8 +620,7 @@ def _lm_lines(case: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     sw = ("" if s.get("switch_step") is None else
           f"{s['switch_step']} / {report.fmt(s['restart_lr'])} ({s['switch_reason']})")
     rows.append([what, r["seed"], bpb(s["final_val_loss"]), bpb(s["final_test_loss"]),
-                 report.fmt(None if s["final_test_loss"] is None else
-                            math.exp(s["final_test_loss"]), ".3f"), sw,
+                 report.fmt(report.perplexity(s["final_test_loss"]), ".3f"), sw,
                  f"{r['elapsed_s']:.0f}", r["finished_at"]])
   return [f"## {case['name']}: batch {case['batch_size']} x 128 bytes, "
           f"{records[0]['summary']['total_steps']} steps", ""] + report.table(

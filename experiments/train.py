@@ -986,8 +986,7 @@ def _summary(cfg: TrainConfig, s: Setup, dataset: data_lib.Dataset,
     for split in ("test", "val"):
       loss = summary[f"final_{split}_loss"]
       summary[f"final_{split}_bpb"] = None if loss is None else loss / math.log(2)
-    summary["final_test_perplexity"] = (None if summary["final_test_loss"] is None
-                                        else math.exp(summary["final_test_loss"]))
+    summary["final_test_perplexity"] = report.perplexity(summary["final_test_loss"])
   return summary
 
 

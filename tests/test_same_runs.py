@@ -43,3 +43,19 @@ def test_same_program_tells_the_default_update_from_another():
   if clean.returncode != 0:
     pytest.skip("the library differs from HEAD's (an uncommitted change, or no git)")
   assert same_runs.same_program("HEAD")
+
+
+def test_load_commit_leaves_sys_path_alone_and_loads_once():
+  """A commit's library loads by path from a temporary folder, once."""
+  import subprocess
+  import sys
+
+  if subprocess.run(["git", "rev-parse", "HEAD"], cwd=bench_layout.ROOT,
+                    capture_output=True).returncode:
+    pytest.skip("not a git checkout")
+  path = list(sys.path)
+  lib = bench_layout.load_commit("HEAD", "optax_autolr_load_test")
+  assert sys.path == path
+  assert lib.__name__ == "optax_autolr_load_test" and callable(lib.autowu)
+  assert lib._autowu.__name__ == "optax_autolr_load_test._autowu"  # Its own modules.
+  assert bench_layout.load_commit("HEAD", "optax_autolr_load_test") is lib

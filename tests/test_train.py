@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments import schedules, train
+from experiments import report, schedules, train
 from experiments.data import DatasetNotFoundError, load_dataset
 from experiments.models import make_model
 
@@ -107,6 +107,13 @@ def test_warmup_linear_decays_linearly_to_zero():
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
+
+
+def test_perplexity_of_a_diverged_run_is_inf_not_an_error():
+  """A finite loss past exp's range (a diverged LM run) reports inf, not an OverflowError."""
+  assert report.perplexity(None) is None
+  assert report.perplexity(math.log(20.0)) == pytest.approx(20.0)
+  assert report.perplexity(1e4) == math.inf
 
 
 def test_parser_flags():
