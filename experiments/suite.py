@@ -130,6 +130,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # experiments-side rollback to 0.0092 once gave 2.89, rollback05 above). Fixed in
     # e0674d7252c3 (the margin divides by the fraction): restart05 there, 2.92 bits/byte.
     "restart07": {"restart_fraction": 0.7},
+    # The slower ramp fixes both LAMB transformers (mwf05, library e0674d7252c3) but leaves the
+    # AdamW transformer's seed 1 on its plateau: the knee rule (slope 0.3 per decade) never fires
+    # on its slower ramp. With a gentler knee too?
+    "mwf05knee02": {"max_warmup_fraction": 0.5, "knee_slope": 0.2},
 }
 """Decision-rule candidates, run as method ``autowu:<name>`` (extra ``autowu`` kwargs)."""
 ALL_METHODS = METHODS + [f"autowu:{v}" for v in VARIANTS]
