@@ -11,6 +11,9 @@ run and a count; exits 1 if any run of ``NEW`` differs or has no match.
 AutoWU update (``autowu_lamb``, a small MLP's params) to the same program as the library
 at ``COMMIT`` (read with ``git show``): lowered by ``jax.jit``, the texts equal. Equal
 programs cost a step the same, so an internal change that passes needs no new benchmark.
+``--old-rule NAME=VALUE ...`` builds ``COMMIT``'s update with those ``autowu`` keyword
+arguments: a change of default values passes with the new values given there (the
+programs then differ in no more than those values).
 """
 
 import subprocess
@@ -49,20 +52,22 @@ def compare(runs: list[dict[str, Any]], new: str, old: str
   return same, problems
 
 
-def _program(lib: Any) -> str:
-  """The lowered text of ``lib``'s default ``autowu_lamb`` update on a small MLP's params."""
+def _program(lib: Any, **autowu_kwargs: Any) -> str:
+  """The lowered text of ``lib``'s ``autowu_lamb`` update (its defaults, but for
+  ``autowu_kwargs``) on a small MLP's params."""
   import jax  # noqa: PLC0415 - heavy.
   import jax.numpy as jnp  # noqa: PLC0415
 
   params = {"w1": jnp.ones((64, 32)), "b1": jnp.zeros(32), "w2": jnp.ones((32, 10)),
             "b2": jnp.zeros(10)}
-  tx = lib.autowu_lamb(400, 20)
+  tx = lib.autowu_lamb(400, 20, **autowu_kwargs)
   update = jax.jit(lambda g, s, p, v: tx.update(g, s, p, value=v))
   return update.lower(params, tx.init(params), params, jnp.float32(1.0)).as_text()
 
 
-def same_program(commit: str) -> bool:
-  """Whether the checkout's default update lowers to the same program as ``commit``'s.
+def same_program(commit: str, **old_kwargs: Any) -> bool:
+  """Whether the checkout's default update lowers to the same program as ``commit``'s
+  (built with ``old_kwargs``).
 
   Raises ``ValueError`` if ``commit`` is not a commit of the repository.
   """
@@ -76,7 +81,7 @@ def same_program(commit: str) -> bool:
     raise ValueError("not a commit of this repository")
   sha = found.stdout.strip()
   old = load_commit(sha, f"optax_autolr_{sha[:12]}")  # One package name per commit.
-  return _program(optax_autolr) == _program(old)
+  return _program(optax_autolr) == _program(old, **old_kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--runs", default=str(RUNS), help="runs file")
   p.add_argument("--program", metavar="COMMIT",
                  help="also check the default update's program against the library at COMMIT")
+  p.add_argument("--old-rule", nargs="+", type=cli.keyword_literal, default=[],
+                 metavar="NAME=VALUE",
+                 help="with --program: autowu keyword arguments (Python literals) for "
+                      "COMMIT's update, e.g. the new default values")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
+  if args.old_rule and not args.program:
+    p.error("argument --old-rule: needs --program")
   same, problems = compare(load_runs(args.runs), args.new, args.old)
   if same + len(problems) == 0:
     p.error(f"no AutoWU or authors' runs of library {args.new} in {args.runs}")
@@ -98,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
   program = True
   if args.program:
     try:
-      program = same_program(args.program)
+      program = same_program(args.program, **dict(args.old_rule))
     except ValueError as e:
       p.error(f"argument --program: {args.program}: {e}")
     except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
       p.error(f"argument --program: {args.program}: cannot load its library: {e}")
+    rule = "".join(f", {k}={v!r}" for k, v in args.old_rule)
     print(f"the default update's program {'equals' if program else 'differs from'} "
-          f"the one of the library at {args.program}")
+          f"the one of the library at {args.program}{rule and ' (with' + rule[1:] + ')'}")
   return 1 if problems or not program else 0
 
 

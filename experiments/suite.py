@@ -90,6 +90,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "knee15restart05": {"knee_ratio": 1.5, "restart_fraction": 0.5},  # A smaller excursion.
     "restart3": {"restart_fraction": 3.0},  # The AdamW image cases: the grid's 2-10x.
     "mwf035": {"max_warmup_fraction": 0.35},  # Between the defaults' ramp and mwf05's.
+    # Since library 1d68fb0a6122 (min_warmup_epochs=0.5 and knee_slope=0.2 are defaults):
+    # without the short-budget floor, and with the former knee slope.
+    "nofloor": {"min_warmup_epochs": 0.0},
+    "knee03": {"knee_slope": 0.3},
     # The second, linear warmup after a noise-dominated start (the default over 20 % of the
     # budget since library abb8b29c1618): over 10 %, and none. Before that library,
     # rewarm10 / rewarm20 were an experiments-side wrapper that ramped after every switch.
@@ -160,13 +164,19 @@ CASES: list[dict[str, Any]] = [
     _case("mlp_adamw_b4096_e40", "mlp", "adamw", 4096, 40),
     _case("cnn_lamb_b512_e10", "cnn", "lamb", 512, 10, subset=(20000, None)),
     _case("cnn_adamw_b512_e10", "cnn", "adamw", 512, 10, subset=(20000, None)),
+    _case("mlp_lamb_b512_e1", "mlp", "lamb", 512, 1),
+    _case("mlp_adamw_b512_e1", "mlp", "adamw", 512, 1),
+    _case("cnn_lamb_b512_e1", "cnn", "lamb", 512, 1),
     _case("lm_adamw_b16", "transformer", "adamw", 16, 1),
     _case("lm_adamw_b128", "transformer", "adamw", 128, 1),
     _case("lm_lamb_b16", "transformer", "lamb", 16, 1),
     _case("lm_lamb_b128", "transformer", "lamb", 128, 1),
 ]
 """The suite. CNN: the first 20000 training images (15000 after the holdout),
-so a run takes minutes here. LM: one pass over fortunes (2.3M bytes)."""
+so a run takes minutes here (the one-epoch case: all of them). LM: one pass
+over fortunes (2.3M bytes). The one-epoch image cases (added with library
+``1d68fb0a6122``) check the short-budget warmup (``min_warmup_epochs``) off
+the transformer it was measured on."""
 
 QUICK_CASES: list[dict[str, Any]] = [
     _case("quick_mlp_lamb", "mlp", "lamb", 256, 2, subset=(3000, 1000), holdout=500),

@@ -67,14 +67,15 @@ _TESTS_PER_WARMUP = 40
 # the paper's values, which the authors' rule (tests once an epoch, no guard)
 # keeps.
 DEFAULTS = dict(min_lr=1e-3, max_warmup_fraction=0.25, max_warmup_epochs=5.0,
-                decay='linear',
+                min_warmup_epochs=0.5, decay='linear',
                 min_descent=4.0, valley_level=0.05, restart_fraction=1.0,
-                spike_factor=1.3, knee_slope=0.3, knee_ratio=2.0,
+                spike_factor=1.3, knee_slope=0.2, knee_ratio=2.0,
                 minimum_after=3.0, coherence_threshold=0.3,
                 rewarm_fraction=0.2, rollback=True, decay_guard=2.0,
                 gp_fit='max_likelihood')
 AUTHORS = dict(min_lr=1e-5, max_warmup_fraction=0.5,
-               max_warmup_epochs=math.inf, decay='cosine',
+               max_warmup_epochs=math.inf, min_warmup_epochs=0.0,
+               decay='cosine',
                min_descent=0.0, valley_level=0.0, restart_fraction=1.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
                minimum_after=1.0, coherence_threshold=-1.0,
@@ -361,7 +362,8 @@ class _Config(NamedTuple):
 
 def default_test_every(total_steps: int, steps_per_epoch: int,
                        max_warmup_fraction: float | None = None,
-                       max_warmup_epochs: float | None = None) -> int:
+                       max_warmup_epochs: float | None = None,
+                       min_warmup_epochs: float | None = None) -> int:
   """The default ``test_every`` of :func:`autowu`: 1/40 of the maximal warmup.
 
   Args:
@@ -369,29 +371,35 @@ def default_test_every(total_steps: int, steps_per_epoch: int,
     steps_per_epoch: see :func:`autowu`.
     max_warmup_fraction: see :func:`autowu` (``None``: its default).
     max_warmup_epochs: see :func:`autowu` (``None``: its default).
+    min_warmup_epochs: see :func:`autowu` (``None``: its default).
 
   Returns:
     ``max(1, min(steps_per_epoch, T_w // 40))`` with the maximal warmup
-    ``T_w = floor(min(max_warmup_fraction * total_steps,
-    max(max_warmup_epochs * steps_per_epoch, 40)))``.
+    ``T_w`` of :func:`autowu`.
   """
   if max_warmup_fraction is None:
     max_warmup_fraction = DEFAULTS['max_warmup_fraction']
   if max_warmup_epochs is None:
     max_warmup_epochs = DEFAULTS['max_warmup_epochs']
+  if min_warmup_epochs is None:
+    min_warmup_epochs = DEFAULTS['min_warmup_epochs']
   warmup_steps = _max_warmup_steps(total_steps, steps_per_epoch,
-                                   max_warmup_fraction, max_warmup_epochs)
+                                   max_warmup_fraction, max_warmup_epochs,
+                                   min_warmup_epochs)
   return max(1, min(steps_per_epoch, warmup_steps // _TESTS_PER_WARMUP))
 
 
 def _max_warmup_steps(total_steps, steps_per_epoch, max_warmup_fraction,
-                      max_warmup_epochs) -> int:
-  """The maximal warmup: ``max_warmup_fraction`` of the budget, at most
-  ``max_warmup_epochs`` epochs, but the cap never below one test a step
-  (``_TESTS_PER_WARMUP`` steps; with few steps an epoch, 5 epochs hold no
+                      max_warmup_epochs, min_warmup_epochs) -> int:
+  """The maximal warmup: ``max_warmup_fraction`` of the budget, but at least
+  ``min_warmup_epochs`` epochs or half the budget, whichever is shorter, and
+  at most ``max_warmup_epochs`` epochs; the cap is never below one test a
+  step (``_TESTS_PER_WARMUP`` steps; with few steps an epoch, 5 epochs hold no
   test)."""
+  floor = min(min_warmup_epochs * steps_per_epoch, 0.5 * total_steps)
   cap = max(max_warmup_epochs * steps_per_epoch, _TESTS_PER_WARMUP)
-  return int(math.floor(min(max_warmup_fraction * total_steps, cap)))
+  return int(math.floor(min(max(max_warmup_fraction * total_steps, floor),
+                            cap)))
 
 
 # --------------------------------------------------------------------------
@@ -1113,6 +1121,7 @@ def autowu(
     max_lr: float = 1.0,
     max_warmup_fraction: float | None = None,
     max_warmup_epochs: float | None = None,
+    min_warmup_epochs: float | None = None,
     warmup: Literal['exp', 'linear'] = 'exp',
     decay: Literal['cosine', 'constant_cosine', 'linear'] | None = None,
     cooldown_fraction: float = 0.2,
@@ -1145,7 +1154,10 @@ def autowu(
   .. math::
 
     \eta(t) = \eta_{min} (\eta_{max} / \eta_{min})^{t / T_w},
-    \quad T_w = \lfloor f_w T \rfloor,
+    \quad T_w = \lfloor f_w T \rfloor
+
+  (the maximal warmup; ``max_warmup_epochs`` and ``min_warmup_epochs`` bound
+  it in epochs),
 
   and smooths the curve of warmup losses against the warmup position with a
   Gaussian process. Every ``test_every`` steps it computes the probability
@@ -1182,7 +1194,11 @@ def autowu(
   that teach nothing) and at most 5 epochs (``max_warmup_epochs``: a slower
   ramp restarts lower, and past 20 epochs too low: MLP + LAMB at 40 / 80
   epochs restarted at 0.007-0.012 against the grid's 0.01, 0.51 / 0.40 pp
-  below the grid, with the cap 0.16 / 0.20), the restart point lies in the valley before the
+  below the grid, with the cap 0.16 / 0.20) and at least half an epoch on
+  budgets under two epochs (``min_warmup_epochs``: on a one-epoch budget a
+  quarter of it ramps the LR too fast to see a high LR's damage; LAMB on a
+  byte-level LM restarted 3x above the grid's peak, 24-27 % above the grid
+  in bits per byte), the restart point lies in the valley before the
   minimum (a fast warmup measures each LR for few steps, so LRs past the
   optimum still look good), a test needs a real descent (``min_descent``), no
   confident minimum ends warmup before the LR has tripled
@@ -1244,12 +1260,21 @@ def autowu(
     max_warmup_fraction: :math:`f_w`, the longest warmup as a fraction of T,
       in (0, 1); ``None``: ``DEFAULTS['max_warmup_fraction']``.
     max_warmup_epochs: the longest warmup in epochs, > 0 (``math.inf``: no
-      cap): the maximal warmup is :math:`T_w` = ``floor(min(f_w * T,
-      max(max_warmup_epochs * steps_per_epoch, 40)))`` steps (the cap is
-      never below 40 steps, one test a step), so past
+      cap): the maximal warmup is at most ``max(max_warmup_epochs *
+      steps_per_epoch, 40)`` steps (the cap is never below 40 steps, one
+      test a step), so past
       ``max_warmup_epochs / f_w`` epochs (20 at the defaults) a longer budget
       lengthens the decay, not the warmup. ``None``:
       ``DEFAULTS['max_warmup_epochs']`` (5; the paper's warmup has no cap).
+    min_warmup_epochs: the maximal warmup is at least this many epochs or
+      half the budget, whichever is shorter (the cap above still bounds
+      it), >= 0:
+      :math:`T_w` = ``floor(min(max(f_w * T, min(min_warmup_epochs *
+      steps_per_epoch, T / 2)), max(max_warmup_epochs * steps_per_epoch,
+      40)))``, so it changes only budgets under ``min_warmup_epochs / f_w``
+      epochs (2 at the defaults); 0 disables it. ``None``:
+      ``DEFAULTS['min_warmup_epochs']`` (0.5; the paper's warmup is half the
+      budget).
     warmup: ``'exp'`` (exponential, the paper's) or ``'linear'``.
     decay: the LR's shape from the restart to 0 at T: ``'linear'``,
       ``'cosine'`` or ``'constant_cosine'`` (constant, then a cosine over the
@@ -1531,7 +1556,8 @@ def _check_decay_guard(decay_guard) -> float:
 
 
 def _check_schedule_args(total_steps, steps_per_epoch, min_lr, max_lr,
-                         max_warmup_fraction, max_warmup_epochs, warmup, decay,
+                         max_warmup_fraction, max_warmup_epochs,
+                         min_warmup_epochs, warmup, decay,
                          cooldown_fraction) -> dict[str, Any]:
   """Checks the LR range and the schedule's shape; derives the step counts."""
   c = _checks
@@ -1547,12 +1573,15 @@ def _check_schedule_args(total_steps, steps_per_epoch, min_lr, max_lr,
           and max_warmup_epochs == math.inf):  # inf: no cap.
     max_warmup_epochs = c.check_float('max_warmup_epochs', max_warmup_epochs,
                                       0.0, math.inf, low_open=True)
+  min_warmup_epochs = c.check_float('min_warmup_epochs', min_warmup_epochs,
+                                    0.0, math.inf)
   c.check_choice('warmup', warmup, ('exp', 'linear'))
   c.check_choice('decay', decay, ('cosine', 'constant_cosine', 'linear'))
   cooldown_fraction = c.check_float('cooldown_fraction', cooldown_fraction,
                                     0.0, 1.0, low_open=True)
   warmup_steps = _max_warmup_steps(total_steps, steps_per_epoch,
-                                   max_warmup_fraction, max_warmup_epochs)
+                                   max_warmup_fraction, max_warmup_epochs,
+                                   min_warmup_epochs)
   if warmup_steps < 1:
     raise ValueError(
         '`max_warmup_fraction * total_steps` must be >= 1 step, got '
@@ -1613,7 +1642,8 @@ def _check_gp_args(window_size, grid_size, lengthscale, noise_floor, gp_fit
 
 
 def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
-                 max_warmup_fraction, max_warmup_epochs, warmup, decay,
+                 max_warmup_fraction, max_warmup_epochs, min_warmup_epochs,
+                 warmup, decay,
                  cooldown_fraction,
                  confidence, patience, test_every, divergence_factor,
                  window_size, grid_size, lengthscale, noise_floor,
@@ -1633,6 +1663,7 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
   preset = AUTHORS if authors else DEFAULTS
   given = dict(min_lr=min_lr, max_warmup_fraction=max_warmup_fraction,
                max_warmup_epochs=max_warmup_epochs,
+               min_warmup_epochs=min_warmup_epochs,
                decay=decay, min_descent=min_descent, valley_level=valley_level,
                restart_fraction=restart_fraction, spike_factor=spike_factor,
                knee_slope=knee_slope, knee_ratio=knee_ratio,
@@ -1648,7 +1679,8 @@ def _make_config(total_steps, steps_per_epoch, min_lr, max_lr,
                           r['rewarm_fraction'])
   sched = _check_schedule_args(total_steps, steps_per_epoch, r['min_lr'],
                                max_lr, r['max_warmup_fraction'],
-                               r['max_warmup_epochs'], warmup, r['decay'],
+                               r['max_warmup_epochs'], r['min_warmup_epochs'],
+                               warmup, r['decay'],
                                cooldown_fraction)
   test = _check_test_args(steps_per_epoch, sched['warmup_steps'], confidence,
                           patience, test_every, divergence_factor)

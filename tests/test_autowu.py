@@ -181,7 +181,9 @@ def test_authors_rule_tests_once_an_epoch():
     (dict(max_lr=float('nan')), 'max_lr'),
     (dict(max_warmup_fraction=0.0), 'max_warmup_fraction'),
     (dict(max_warmup_fraction=1.0), 'max_warmup_fraction'),
-    (dict(max_warmup_fraction=1e-5), 'max_warmup_fraction'),
+    (dict(max_warmup_fraction=1e-5, min_warmup_epochs=0.0),
+     'max_warmup_fraction'),
+    (dict(min_warmup_epochs=float('nan')), 'min_warmup_epochs'),
     (dict(warmup='cosine'), 'warmup'),
     (dict(decay='step'), 'decay'),
     (dict(cooldown_fraction=0.0), 'cooldown_fraction'),
@@ -244,6 +246,25 @@ def test_messages_name_the_argument_and_the_range():
   assert oa.autowu(10000, 1, max_warmup_epochs=0.05).init(None).warmup_steps == 40
   assert oa.autowu(100, 1).init(None).warmup_steps == 25  # 0.25 x T.
   assert oa.default_test_every(10000, 1) == 1
+
+
+def test_short_budgets_warm_up_for_at_least_half_an_epoch():
+  """``min_warmup_epochs``: a budget under two epochs gets a slower ramp."""
+  warmup = lambda *a, **k: int(oa.autowu(*a, **k).init(None).warmup_steps)
+  assert oa.DEFAULTS['min_warmup_epochs'] == 0.5
+  assert warmup(140, 140) == 70  # One epoch: half the budget, not a quarter.
+  assert warmup(140, 140, min_warmup_epochs=0.0) == 35
+  assert warmup(300, 200) == 100  # 1.5 epochs: half an epoch > 0.25 x T.
+  assert warmup(1000, 250) == 250  # Four epochs: 0.25 x T, unchanged.
+  assert warmup(140, 140, min_warmup_epochs=2.0) == 70  # At most T / 2.
+  assert warmup(10000, 100, min_warmup_epochs=5.0) == 500  # At most the cap.
+  assert oa.default_test_every(1100, 1100) == 550 // 40
+  assert oa.default_test_every(1100, 1100, min_warmup_epochs=0.0) == 275 // 40
+  # The authors' preset: half the budget, with or without the floor.
+  assert oa.AUTHORS['min_warmup_epochs'] == 0.0
+  assert warmup(1000, 100, test_every=100, divergence_factor=None) == 500
+  with pytest.raises(ValueError, match=r'`min_warmup_epochs` must be in \[0.0, inf\)'):
+    oa.autowu(1000, 10, min_warmup_epochs=-0.5)
 
 
 def test_warmup_too_short_for_any_test_warns():
@@ -428,7 +449,8 @@ def test_authors_rule_keeps_the_papers_values():
   """Under the authors' rule the None-default arguments take the paper's."""
   preset = dict(test_every=SPE, divergence_factor=None)
   paper = dict(preset, min_lr=1e-5, max_warmup_fraction=0.5,
-               max_warmup_epochs=math.inf, decay='cosine',
+               max_warmup_epochs=math.inf, min_warmup_epochs=0.0,
+               decay='cosine',
                restart_fraction=1.0, min_descent=0.0, valley_level=0.0,
                spike_factor=math.inf, knee_slope=0.0, knee_ratio=3.0,
                minimum_after=1.0, coherence_threshold=-1.0,
@@ -979,7 +1001,9 @@ def test_plateau_stream_switches_at_the_knee():
   assert oa.SWITCH_REASONS[int(reason)] == 'knee passed'
   assert knee_lr / 1.5 <= float(restart) <= knee_lr * 1.5
   lr_at_switch = MIN_LR * (1.0 / MIN_LR)**(int(step) / warm)
-  assert 2 * knee_lr <= lr_at_switch <= 4 * knee_lr  # Soon after it doubled.
+  # Soon after it doubled (the smoothed curve's slope reaches knee_slope a
+  # little past the corner).
+  assert 2 * knee_lr <= lr_at_switch <= 4.5 * knee_lr
   # The authors' rule has no knee rule.
   assert oa.AUTHORS['knee_slope'] == 0.0
 

@@ -1,6 +1,7 @@
 """experiments.same_runs: equal runs counted, a differing or missing one reported."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -23,14 +24,15 @@ def test_same_and_different_runs(tmp_path, capsys):
   assert same_runs.main(["new", "old", "--runs", str(path)]) == 1
   assert "1 of 3 runs of new" in capsys.readouterr().out
   assert same_runs.main(["new", "new", "--runs", str(path)]) == 0
+  with pytest.raises(SystemExit) as e:  # --old-rule is for --program.
+    same_runs.main(["new", "old", "--runs", str(path), "--old-rule", "knee_slope=0.2"])
+  assert e.value.code == 2 and "needs --program" in capsys.readouterr().err
 
 
 def test_same_program_tells_the_default_update_from_another():
   """HEAD's library lowers the default update to the checkout's program (run
   where the checkout's library is HEAD's, as in CI's clean clone); another rule
   does not."""
-  import subprocess
-
   import optax_autolr
 
   class Half:
@@ -38,6 +40,8 @@ def test_same_program_tells_the_default_update_from_another():
         lambda total, spe: optax_autolr.autowu_lamb(total, spe, restart_fraction=0.5))
 
   assert same_runs._program(Half) != same_runs._program(optax_autolr)
+  # --old-rule: the same rule given as keyword arguments lowers to the same program.
+  assert same_runs._program(Half) == same_runs._program(optax_autolr, restart_fraction=0.5)
   clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "optax_autolr"],
                          cwd=bench_layout.ROOT, capture_output=True)
   if clean.returncode != 0:
@@ -47,7 +51,6 @@ def test_same_program_tells_the_default_update_from_another():
 
 def test_load_commit_leaves_sys_path_alone_and_loads_once():
   """A commit's library loads by path from a temporary folder, once."""
-  import subprocess
   import sys
 
   if subprocess.run(["git", "rev-parse", "HEAD"], cwd=bench_layout.ROOT,
