@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
       program = same_program(args.program, **dict(args.old_rule))
     except ValueError as e:
       p.error(f"argument --program: {args.program}: {e}")
+    except TypeError as e:  # A keyword argument the commit's autowu does not take.
+      p.error(f"argument --old-rule: {e}")
     except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
       p.error(f"argument --program: {args.program}: cannot load its library: {e}")
     rule = "".join(f", {k}={v!r}" for k, v in args.old_rule)

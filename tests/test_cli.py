@@ -56,9 +56,9 @@ CASES = [
     ("max-warmup-fraction", "train", ["--max-warmup-fraction", "1.5"],
      ["--max-warmup-fraction", "(0, 1)", "1.5"]),
     ("library-warmup-under-one-step", "train",
-     ["--max-warmup-fraction", "0.01", "--epochs", "1", "--subset", "1024,64",
-      "--batch-size", "256"],
-     ["--max-warmup-fraction", "must be >= 1 step", "--epochs 1"]),
+     ["--max-warmup-fraction", "0.01", "--epochs", "10", "--subset", "1024,64",
+      "--batch-size", "1024"],  # Full batch: half an epoch is under one step too.
+     ["--max-warmup-fraction", "must be >= 1 step", "--epochs 10"]),
     ("library-test-every-beyond-warmup", "train", ["--test-every", "100000"],
      ["--test-every", "100000"]),
     ("compare-batch-over-quick-subset", "compare", ["--quick", "--batch-sizes", "4096"],
@@ -160,8 +160,8 @@ def _must_not_load(*args, **kwargs):
 @pytest.mark.parametrize("args, flag", [
     (["--subset", "64,64"], "--batch-size"),
     (["--batch-size", "100000"], "--batch-size"),  # > the 60000 of Fashion-MNIST.
-    (["--max-warmup-fraction", "0.01", "--epochs", "1", "--subset", "1024,64",
-      "--batch-size", "256"], "--max-warmup-fraction"),
+    (["--max-warmup-fraction", "0.01", "--epochs", "10", "--subset", "1024,64",
+      "--batch-size", "1024"], "--max-warmup-fraction"),
 ])
 def test_train_cross_flag_errors_before_loading(args, flag, capsys, monkeypatch):
     monkeypatch.setattr(data_lib, "load_dataset", _must_not_load)
