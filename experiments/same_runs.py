@@ -65,14 +65,11 @@ def _program(lib: Any, **autowu_kwargs: Any) -> str:
   return update.lower(params, tx.init(params), params, jnp.float32(1.0)).as_text()
 
 
-def same_program(commit: str, **old_kwargs: Any) -> bool:
-  """Whether the checkout's default update lowers to the same program as ``commit``'s
-  (built with ``old_kwargs``).
+def load_library(commit: str) -> Any:
+  """The library at ``commit`` (read with ``git show``), as a module.
 
   Raises ``ValueError`` if ``commit`` is not a commit of the repository.
   """
-  import optax_autolr  # noqa: PLC0415
-
   from experiments.bench_layout import ROOT, load_commit  # noqa: PLC0415
 
   found = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
@@ -80,8 +77,19 @@ def same_program(commit: str, **old_kwargs: Any) -> bool:
   if found.returncode:
     raise ValueError("not a commit of this repository")
   sha = found.stdout.strip()
-  old = load_commit(sha, f"optax_autolr_{sha[:12]}")  # One package name per commit.
-  return _program(optax_autolr) == _program(old, **old_kwargs)
+  return load_commit(sha, f"optax_autolr_{sha[:12]}")  # One package name per commit.
+
+
+def same_program(commit: str, **old_kwargs: Any) -> bool:
+  """Whether the checkout's default update lowers to the same program as ``commit``'s
+  (built with ``old_kwargs``).
+
+  Raises ``ValueError`` if ``commit`` is not a commit of the repository, and the
+  commit's own ``TypeError`` / ``ValueError`` for ``old_kwargs`` it does not take.
+  """
+  import optax_autolr  # noqa: PLC0415
+
+  return _program(optax_autolr) == _program(load_library(commit), **old_kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,14 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(KEYS)})")
   program = True
   if args.program:
+    import optax_autolr  # noqa: PLC0415
+
     try:
-      program = same_program(args.program, **dict(args.old_rule))
+      old = load_library(args.program)
     except ValueError as e:
       p.error(f"argument --program: {args.program}: {e}")
-    except TypeError as e:  # A keyword argument the commit's autowu does not take.
-      p.error(f"argument --old-rule: {e}")
     except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
       p.error(f"argument --program: {args.program}: cannot load its library: {e}")
+    try:
+      program = _program(optax_autolr) == _program(old, **dict(args.old_rule))
+    except (TypeError, ValueError) as e:  # A name or a value the commit's autowu rejects.
+      if not args.old_rule:
+        raise
+      p.error(f"argument --old-rule: {e}")
     rule = "".join(f", {k}={v!r}" for k, v in args.old_rule)
     print(f"the default update's program {'equals' if program else 'differs from'} "
           f"the one of the library at {args.program}{rule and ' (with' + rule[1:] + ')'}")

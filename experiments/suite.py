@@ -91,9 +91,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "restart3": {"restart_fraction": 3.0},  # The AdamW image cases: the grid's 2-10x.
     "mwf035": {"max_warmup_fraction": 0.35},  # Between the defaults' ramp and mwf05's.
     # Since library 1d68fb0a6122 (min_warmup_epochs=0.5 and knee_slope=0.2 are defaults):
-    # without the short-budget floor, and with the former knee slope.
+    # without the short-budget floor.
     "nofloor": {"min_warmup_epochs": 0.0},
-    "knee03": {"knee_slope": 0.3},
     # The second, linear warmup after a noise-dominated start (the default over 20 % of the
     # budget since library abb8b29c1618): over 10 %, and none. Before that library,
     # rewarm10 / rewarm20 were an experiments-side wrapper that ramped after every switch.
@@ -171,12 +170,22 @@ CASES: list[dict[str, Any]] = [
     _case("lm_adamw_b128", "transformer", "adamw", 128, 1),
     _case("lm_lamb_b16", "transformer", "lamb", 16, 1),
     _case("lm_lamb_b128", "transformer", "lamb", 128, 1),
+    # Held out (``held_out``: the library frozen when they were added): run once with its
+    # defaults and used to choose nothing: AdamW at the largest batch, a smaller batch than any
+    # above, the AdamW CNN at one epoch, and the LAMB transformer at batch 64.
+    _case("mlp_adamw_b8192_e20", "mlp", "adamw", 8192, 20, held_out="1d68fb0a6122"),
+    _case("mlp_lamb_b256_e5", "mlp", "lamb", 256, 5, held_out="1d68fb0a6122"),
+    _case("cnn_adamw_b512_e1", "cnn", "adamw", 512, 1, held_out="1d68fb0a6122"),
+    # Between the LAMB transformer's batch 16 (+0.6 % against its grid) and 128 (-3.0 %).
+    _case("lm_lamb_b64", "transformer", "lamb", 64, 1, held_out="1d68fb0a6122"),
 ]
 """The suite. CNN: the first 20000 training images (15000 after the holdout),
-so a run takes minutes here (the one-epoch case: all of them). LM: one pass
+so a run takes minutes here (the one-epoch cases: all of them). LM: one pass
 over fortunes (2.3M bytes). The one-epoch image cases (added with library
 ``1d68fb0a6122``) check the short-budget warmup (``min_warmup_epochs``) off
-the transformer it was measured on."""
+the transformer it was measured on. A case with ``held_out`` (a library
+version) was added with that library frozen and chose nothing; the report
+says so."""
 
 QUICK_CASES: list[dict[str, Any]] = [
     _case("quick_mlp_lamb", "mlp", "lamb", 256, 2, subset=(3000, 1000), holdout=500),
@@ -465,8 +474,10 @@ def _case_lines(case: dict[str, Any], summ: dict[str, Any]) -> list[str]:
   unit = "test bits/byte (lower is better)" if text else "test accuracy %"
   gap_unit = "% of grid bpb (+ = better)" if text else "pp vs grid"
   cell, cells = summ["grid_cell"], summ["grid_cells"]
+  held_out = (f"held out (added with library `{case['held_out']}` frozen; it chose nothing); "
+              if case.get("held_out") else "")
   lines = [f"### {case['name']}", "",
-           f"{case['model']} + {case['family']}, batch {case['batch_size']}, "
+           f"{held_out}{case['model']} + {case['family']}, batch {case['batch_size']}, "
            f"{case['epochs']} epoch(s); grid cell picked on validation: "
            + (f"peak {cell[0]:.3g}, warmup {cell[1]:g}" if cell else "- (no grid yet)")
            + (f" (of {len(cells)} cells: peaks "

@@ -27,6 +27,26 @@ def test_same_and_different_runs(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:  # --old-rule is for --program.
     same_runs.main(["new", "old", "--runs", str(path), "--old-rule", "knee_slope=0.2"])
   assert e.value.code == 2 and "needs --program" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:  # Not a commit.
+    same_runs.main(["new", "new", "--runs", str(path), "--program", "no-such-commit"])
+  assert e.value.code == 2 and "argument --program: no-such-commit" in capsys.readouterr().err
+
+
+def test_old_rule_errors_name_old_rule(tmp_path, capsys):
+  """A keyword the commit's autowu does not take, or a value it rejects, is an
+  --old-rule error (not a --program one)."""
+  if subprocess.run(["git", "rev-parse", "HEAD"], cwd=bench_layout.ROOT,
+                    capture_output=True).returncode:
+    pytest.skip("not a git checkout")
+  path = tmp_path / "runs.jsonl"
+  path.write_text(json.dumps(_run("new", 0, 0.9)) + "\n")
+  for rule in ("no_such_knob=1", "knee_slope=-1.0"):
+    with pytest.raises(SystemExit) as e:
+      same_runs.main(["new", "new", "--runs", str(path), "--program", "HEAD",
+                      "--old-rule", rule])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --old-rule" in err, err
+    assert "Traceback" not in err
 
 
 def test_same_program_tells_the_default_update_from_another():

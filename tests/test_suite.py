@@ -167,3 +167,11 @@ def test_rule_cli_errors_are_two_lines(module, arg, capsys):
   assert exc.value.code == 2
   err = capsys.readouterr().err
   assert "min_descent" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_held_out_cases_say_so_in_the_report():
+  """A held-out case names the library it was added with; the others do not."""
+  summ = {"grid_cell": None, "grid_cells": [], "methods": {}}
+  held = [c for c in suite.CASES if c.get("held_out")]
+  assert held and all(c["held_out"] in suite._case_lines(c, summ)[2] for c in held)
+  assert "held out" not in suite._case_lines(suite.CASES[0], summ)[2]
