@@ -87,9 +87,14 @@ def same_program(commit: str, **old_kwargs: Any) -> bool:
   Raises ``ValueError`` if ``commit`` is not a commit of the repository, and the
   commit's own ``TypeError`` / ``ValueError`` for ``old_kwargs`` it does not take.
   """
+  return _same_as(load_library(commit), **old_kwargs)
+
+
+def _same_as(old: Any, **old_kwargs: Any) -> bool:
+  """Whether the checkout's default update lowers to ``old``'s (built with ``old_kwargs``)."""
   import optax_autolr  # noqa: PLC0415
 
-  return _program(optax_autolr) == _program(load_library(commit), **old_kwargs)
+  return _program(optax_autolr) == _program(old, **old_kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(KEYS)})")
   program = True
   if args.program:
-    import optax_autolr  # noqa: PLC0415
-
     try:
       old = load_library(args.program)
     except ValueError as e:
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - git or import: one line, not a traceback.
       p.error(f"argument --program: {args.program}: cannot load its library: {e}")
     try:
-      program = _program(optax_autolr) == _program(old, **dict(args.old_rule))
+      program = _same_as(old, **dict(args.old_rule))
     except (TypeError, ValueError) as e:  # A name or a value the commit's autowu rejects.
       if not args.old_rule:
         raise
